@@ -1,0 +1,53 @@
+"""The detector registry: functions from a run's evidence frames to findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import polars as pl
+
+from mldebug_ray.findings import Finding
+from mldebug_ray import schema
+
+
+@dataclass
+class RunEvidence:
+    """One run's evidence tables (SPEC §4 schemas, this run's rows only)."""
+
+    run_id: str
+    runs: pl.DataFrame = field(default_factory=lambda: schema.empty("runs"))
+    params: pl.DataFrame = field(default_factory=lambda: schema.empty("params"))
+    metrics: pl.DataFrame = field(default_factory=lambda: schema.empty("metrics"))
+    events: pl.DataFrame = field(default_factory=lambda: schema.empty("events"))
+    checkpoints: pl.DataFrame = field(default_factory=lambda: schema.empty("checkpoints"))
+    layers: pl.DataFrame = field(default_factory=lambda: schema.empty("layers"))
+
+    def table(self, name: str) -> pl.DataFrame:
+        return getattr(self, name)
+
+
+# A run detector: (evidence, its own config) -> findings.
+RunDetector = Callable[[RunEvidence, object], list[Finding]]
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    fn: RunDetector
+    config_key: str  # attribute of DetectorsConfig holding this detector's config
+
+
+DETECTORS: dict[str, Detector] = {}
+
+
+def detector(name: str, *, config_key: str | None = None):
+    """Register a run-level detector under `name`; refuses a duplicate name."""
+
+    def register(fn: RunDetector) -> RunDetector:
+        if name in DETECTORS:
+            raise ValueError(f"detector {name!r} is already registered")
+        DETECTORS[name] = Detector(name, fn, config_key or name)
+        return fn
+
+    return register

@@ -1,0 +1,230 @@
+"""Every evidence table's schema, declared once; writers validate against it (SPEC §4)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mldebug_ray.errors import SchemaError
+
+EVIDENCE_REF = pl.Struct(
+    {
+        "table": pl.String,
+        # The key columns that select the cited rows, as a JSON object (keys differ per table).
+        "where": pl.String,
+        "value": pl.Float64,
+        "text": pl.String,
+    }
+)
+
+# Column order is the order written. Columns marked optional may be absent from a
+# writer's frame and are then filled with nulls; every other column is required.
+TABLES: dict[str, dict[str, pl.DataType]] = {
+    "runs": {
+        "run_id": pl.String,
+        "path": pl.String,
+        "source_format": pl.String,  # '+'-joined reader names, e.g. "tensorboard+hydra"
+        "status": pl.String,  # ok / partial / unreadable
+        "reason": pl.String,
+        "n_steps": pl.Int64,
+        "last_step": pl.Int64,
+        "n_metrics": pl.Int64,
+        "n_checkpoints": pl.Int64,
+        "read_time_s": pl.Float64,
+    },
+    "params": {
+        "run_id": pl.String,
+        "key": pl.String,
+        "value": pl.String,
+        "value_num": pl.Float64,
+        "source": pl.String,
+    },
+    "metrics": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "key": pl.String,
+        "value": pl.Float64,
+        "wall_time_s": pl.Float64,
+        "split": pl.String,
+        "source": pl.String,
+    },
+    "events": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "kind": pl.String,
+        "text": pl.String,
+        "file": pl.String,
+        "line": pl.Int64,
+    },
+    "checkpoints": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "path": pl.String,
+        "format": pl.String,
+        "n_params": pl.Int64,
+        "bytes": pl.Int64,
+        "status": pl.String,  # ok / unreadable
+        "reason": pl.String,
+    },
+    "layers": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "layer": pl.String,
+        "module_type": pl.String,
+        "n_params": pl.Int64,
+        "dtype": pl.String,
+        "norm_l2": pl.Float64,
+        "mean": pl.Float64,
+        "std": pl.Float64,
+        "max_abs": pl.Float64,
+        "zero_frac": pl.Float64,
+        "nonfinite_frac": pl.Float64,
+    },
+    "gradients": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "layer": pl.String,
+        "grad_norm_l2": pl.Float64,
+        "grad_max_abs": pl.Float64,
+        "zero_frac": pl.Float64,
+        "nonfinite_frac": pl.Float64,
+        "update_ratio": pl.Float64,
+    },
+    "activations": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "layer": pl.String,
+        "dead_frac": pl.Float64,
+        "saturated_frac": pl.Float64,
+        "mean": pl.Float64,
+        "std": pl.Float64,
+    },
+    "memory": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "phase": pl.String,
+        "device": pl.String,
+        "peak_allocated_bytes": pl.Int64,
+        "reserved_bytes": pl.Int64,
+    },
+    "precision": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "dtype": pl.String,
+        "layer": pl.String,
+        "rel_err_vs_fp32": pl.Float64,
+        "overflow_frac": pl.Float64,
+        "underflow_frac": pl.Float64,
+    },
+    "outputs": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "distinct_frac": pl.Float64,
+        "top1_frac": pl.Float64,
+        "entropy_bits": pl.Float64,
+    },
+    "gpu": {
+        "run_id": pl.String,
+        "t_s": pl.Float64,
+        "device_uuid": pl.String,
+        "util_frac": pl.Float64,
+        "mem_used_bytes": pl.Int64,
+        "power_w": pl.Float64,
+        "temp_c": pl.Float64,
+    },
+    "findings": {
+        "finding_id": pl.String,
+        "scope": pl.String,
+        "run_id": pl.String,
+        "run_ids": pl.List(pl.String),
+        "kind": pl.String,
+        "severity": pl.String,
+        "confidence": pl.Float64,
+        "onset_step": pl.Int64,
+        "end_step": pl.Int64,
+        "summary": pl.String,
+        "evidence": pl.List(EVIDENCE_REF),
+        "fix": pl.String,
+        "expected_impact": pl.String,
+        "verify_by": pl.String,
+        "detector": pl.String,
+    },
+}
+
+OPTIONAL: dict[str, frozenset[str]] = {
+    "runs": frozenset({"n_metrics", "n_checkpoints", "read_time_s"}),
+    "params": frozenset({"source"}),
+    "metrics": frozenset({"wall_time_s", "split", "source"}),
+    "events": frozenset({"step", "file", "line"}),
+    "checkpoints": frozenset({"n_params", "bytes", "status", "reason"}),
+    "layers": frozenset(),
+    "gradients": frozenset({"update_ratio"}),
+    "activations": frozenset(),
+    "memory": frozenset({"reserved_bytes"}),
+    "precision": frozenset(),
+    "outputs": frozenset(),
+    "gpu": frozenset({"power_w", "temp_c"}),
+    "findings": frozenset({"run_id", "run_ids", "onset_step", "end_step"}),
+}
+
+# Columns that never hold nulls once validated.
+NOT_NULL: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id", "path", "status"),
+    "params": ("run_id", "key"),
+    "metrics": ("run_id", "step", "key"),
+    "events": ("run_id", "kind", "text"),
+    "checkpoints": ("run_id", "path", "format"),
+    "layers": ("run_id", "layer"),
+    "findings": ("finding_id", "scope", "kind", "severity", "confidence", "detector"),
+}
+
+RUN_STATUSES = ("ok", "partial", "unreadable")
+
+
+def schema_of(table: str) -> pl.Schema:
+    """The declared polars schema of `table`."""
+    try:
+        return pl.Schema(TABLES[table])
+    except KeyError:
+        raise SchemaError(f"unknown evidence table {table!r}; known: {', '.join(TABLES)}") from None
+
+
+def empty(table: str) -> pl.DataFrame:
+    """An empty frame with `table`'s schema."""
+    return pl.DataFrame(schema=schema_of(table))
+
+
+def validate(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Return `frame` cast to `table`'s schema in declared column order.
+
+    Raises SchemaError naming the table and column when a required column is
+    missing, an unknown column is present, a value cannot be cast, or a
+    not-null column holds nulls.
+    """
+    schema = schema_of(table)
+    unknown = [c for c in frame.columns if c not in schema]
+    if unknown:
+        raise SchemaError(f"table {table!r}: unknown column(s) {unknown}")
+    missing = [c for c in schema if c not in frame.columns and c not in OPTIONAL[table]]
+    if missing:
+        raise SchemaError(f"table {table!r}: missing required column(s) {missing}")
+    columns = []
+    for name, dtype in schema.items():
+        if name not in frame.columns:
+            columns.append(pl.lit(None, dtype=dtype).alias(name))
+            continue
+        if frame.schema[name] == dtype:
+            columns.append(pl.col(name))
+        else:
+            columns.append(pl.col(name).cast(dtype, strict=True))
+    try:
+        out = frame.select(columns)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        raise SchemaError(f"table {table!r}: {str(exc).splitlines()[0]}") from None
+    for name in NOT_NULL.get(table, ()):
+        if out.height and out[name].null_count():
+            raise SchemaError(f"table {table!r}: column {name!r} holds nulls")
+    if table == "runs" and out.height:
+        bad = set(out["status"].to_list()) - set(RUN_STATUSES)
+        if bad:
+            raise SchemaError(f"table 'runs': status must be one of {RUN_STATUSES}, got {sorted(bad)}")
+    return out
