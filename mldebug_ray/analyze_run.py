@@ -1,0 +1,127 @@
+"""The work on one run, as a plain function: read -> gather evidence -> detect -> write parts.
+
+No Ray here: `orchestrate` wraps `analyze_runs` in a task; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mldebug_ray import paths, schema
+from mldebug_ray.config import MainConfig
+from mldebug_ray.detectors import run_detectors
+from mldebug_ray.detectors.base import RunEvidence
+from mldebug_ray.discover import RunRef
+from mldebug_ray.evidence.io import write_table
+from mldebug_ray.findings import SEVERITY_RANK, findings_frame
+from mldebug_ray.gather import read_run_dir
+
+log = logging.getLogger(__name__)
+
+# The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
+RUN_TABLES = ("params", "metrics", "events", "checkpoints", "layers", "findings", "runs")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a task sends back to the driver: counts and paths, never bulk data."""
+
+    run_id: str
+    status: str
+    reason: str | None
+    n_findings: int
+    worst_severity: str | None
+    elapsed_s: float
+
+
+def scan_checkpoints(ev: RunEvidence, run_dir: Path, cfg: MainConfig, problems: list[str]) -> pl.DataFrame:
+    """Per-tensor statistics (`layers`) for the newest readable checkpoints of the run."""
+    if not cfg.probes.checkpoint_stats or ev.checkpoints.height == 0:
+        return schema.empty("layers")
+    from mldebug_ray.probes.checkpoint_scan import scan_checkpoint
+
+    ok = ev.checkpoints.filter(pl.col("status").is_null() | (pl.col("status") == "ok"))
+    ok = ok.sort("step", nulls_last=False, descending=True)
+    if cfg.probes.max_checkpoints_per_run:
+        ok = ok.head(cfg.probes.max_checkpoints_per_run)
+    parts = []
+    for row in ok.iter_rows(named=True):
+        try:
+            stats = scan_checkpoint(run_dir, row["path"], row["format"])
+        except Exception as exc:  # a bad checkpoint is a problem of the run, not of the sweep
+            problems.append(f"{row['path']}: tensor statistics failed: {' '.join(str(exc).split())[:200]}")
+            continue
+        if stats.height:
+            parts.append(stats.with_columns(pl.lit(ev.run_id).alias("run_id"), pl.lit(row["step"], dtype=pl.Int64).alias("step")))
+    if not parts:
+        return schema.empty("layers")
+    return schema.validate("layers", pl.concat(parts, how="vertical_relaxed"))
+
+
+def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path) -> RunSummary:
+    """Read, probe and detect on one run and write its evidence parts under `out_dir`."""
+    started = time.perf_counter()
+    key = paths.part_key(run.run_id)
+    try:
+        ev, _, problems = read_run_dir(Path(run.path), run.run_id)
+        ev.layers = scan_checkpoints(ev, Path(run.path), cfg, problems)
+        findings, detector_problems = run_detectors(ev, cfg.detectors)
+        for problem in detector_problems:
+            log.warning("%s: %s", run.run_id, problem)
+        frames = {
+            "params": ev.params,
+            "metrics": ev.metrics,
+            "events": ev.events,
+            "checkpoints": ev.checkpoints,
+            "layers": ev.layers,
+            "findings": findings_frame(findings),
+            "runs": ev.runs,
+        }
+    except Exception as exc:  # the run is marked, the sweep goes on
+        log.error("%s: analysis failed: %s", run.run_id, traceback.format_exc(limit=3))
+        findings = []
+        frames = {t: schema.empty(t) for t in RUN_TABLES}
+        frames["runs"] = _unreadable_row(run, f"analysis failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+    for table in RUN_TABLES:
+        write_table(out_dir, table, frames[table], key)
+    runs_row = frames["runs"].row(0, named=True)
+    worst = min((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
+    return RunSummary(
+        run_id=run.run_id,
+        status=runs_row["status"],
+        reason=runs_row["reason"],
+        n_findings=len(findings),
+        worst_severity=worst,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def _unreadable_row(run: RunRef, reason: str) -> pl.DataFrame:
+    return schema.validate(
+        "runs",
+        pl.DataFrame(
+            [{"run_id": run.run_id, "path": run.path, "status": "unreadable", "reason": reason, "n_steps": 0}],
+            schema=schema.schema_of("runs"),
+        ),
+    )
+
+
+def mark_unreadable(run: RunRef, out_dir: Path, reason: str) -> RunSummary:
+    """Record a run whose task could not complete (e.g. its worker kept dying)."""
+    key = paths.part_key(run.run_id)
+    for table in RUN_TABLES[:-1]:
+        write_table(out_dir, table, schema.empty(table), key)
+    write_table(out_dir, "runs", _unreadable_row(run, reason), key)
+    return RunSummary(run.run_id, "unreadable", reason, 0, None, 0.0)
+
+
+def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str) -> list[RunSummary]:
+    """A batch of runs in one task (tiny runs would drown in per-task overhead)."""
+    logging.basicConfig(level=logging.INFO)
+    return [analyze_run(run, cfg, Path(out_dir)) for run in runs]

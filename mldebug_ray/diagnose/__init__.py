@@ -1,0 +1,1 @@
+"""Diagnosis: from findings to ranked root causes (SPEC §5 diagnosis.json)."""

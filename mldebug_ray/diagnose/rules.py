@@ -1,0 +1,268 @@
+"""The offline `rules` agent: combines co-occurring findings into ranked root causes.
+
+It reads only the evidence tables and never the network. Each rule names the
+findings it joins and why; every evidence reference it emits is copied from a
+finding or selects a row it read itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mldebug_ray import paths
+from mldebug_ray.config import AgentConfig
+from mldebug_ray.detectors.series import metric_role
+from mldebug_ray.evidence.io import scan_table
+from mldebug_ray.findings import SEVERITY_RANK, EvidenceRef, Finding
+
+# A grad-norm spike "coincides" with a divergence when it lies within this share of the
+# run's length (at least TRANSITION_MIN_STEPS) before or after the divergence onset.
+TRANSITION_WINDOW_FRAC = 0.05
+TRANSITION_MIN_STEPS = 5
+# A logged learning rate that grows by this factor between two consecutive points is an
+# LR change, not a warm-up tick (linear warm-up over >= 100 steps moves < 2x per step
+# after its first few steps).
+LR_JUMP_FACTOR = 2.0
+MAX_EVIDENCE_PER_CAUSE = 8
+
+REQUESTS_BY_KIND = {
+    "divergence": "Log the learning rate and the gradient norm every step so the cause of the divergence can be pinned down.",
+    "loss_spike": "Log the data batch ids around the spike steps to confirm a data-induced spike.",
+    "grad_norm_spike": "Log per-layer gradient norms (or run the gradient probe with probes.model_fn) to find which layer spikes.",
+    "plateau": "Log the learning rate and per-layer gradient norms; a gradient probe (probes.model_fn) shows whether gradients reach early layers.",
+    "overfitting": "Log train and validation metrics at the same steps, and the training-set size.",
+    "run_incomplete": "Provide the job's stderr/log file to see why the run stopped.",
+}
+DEFAULT_REQUEST = "Provide per-step metrics and a checkpoint near the onset so a probe can confirm the cause."
+
+
+@dataclass
+class RootCause:
+    issue: str
+    kind: str
+    severity: str
+    confidence: float
+    evidence: list[EvidenceRef]
+    fix: str
+    expected_impact: str
+    verify_by: str
+    onset_step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "issue": self.issue,
+            "kind": self.kind,
+            "severity": self.severity,
+            "evidence": [e.to_json() for e in self.evidence[:MAX_EVIDENCE_PER_CAUSE]],
+            "fix": self.fix,
+            "expected_impact": self.expected_impact,
+            "verify_by": self.verify_by,
+            "confidence": round(self.confidence, 3),
+            "onset_step": self.onset_step,
+        }
+
+
+def _from_finding(f: Finding, issue: str | None = None) -> RootCause:
+    return RootCause(
+        issue=issue or f.summary,
+        kind=f.kind,
+        severity=f.severity,
+        confidence=f.confidence,
+        evidence=list(f.evidence),
+        fix=f.fix,
+        expected_impact=f.expected_impact,
+        verify_by=f.verify_by,
+        onset_step=f.onset_step,
+    )
+
+
+def _lr_jump(metrics: pl.DataFrame, run_id: str, lo: int, hi: int) -> EvidenceRef | None:
+    """The learning-rate row where the LR jumped by >= LR_JUMP_FACTOR within [lo, hi], if logged."""
+    if metrics.height == 0:
+        return None
+    run = metrics.filter(pl.col("run_id") == run_id)
+    lr_keys = [k for k in run["key"].unique().to_list() if metric_role(k) == "lr"]
+    for key in sorted(lr_keys):
+        series = run.filter(pl.col("key") == key).sort("step").select("step", "value")
+        steps = series["step"].to_list()
+        values = series["value"].to_list()
+        for i in range(1, len(steps)):
+            if not lo <= steps[i] <= hi:
+                continue
+            prev, cur = values[i - 1], values[i]
+            if prev and prev > 0 and cur is not None and math.isfinite(cur) and cur / prev >= LR_JUMP_FACTOR:
+                return EvidenceRef(
+                    "metrics",
+                    {"run_id": run_id, "step": steps[i], "key": key},
+                    cur,
+                    f"{key} jumped {cur / prev:.0f}x from {prev:.3g} (step {steps[i - 1]}) to {cur:.3g}",
+                )
+    return None
+
+
+def _lr_param(params: pl.DataFrame, run_id: str) -> EvidenceRef | None:
+    run = params.filter(pl.col("run_id") == run_id)
+    for row in run.iter_rows(named=True):
+        leaf = row["key"].rsplit(".", 1)[-1].lower()
+        if leaf in ("lr", "learning_rate") and row["value_num"] is not None:
+            return EvidenceRef("params", {"run_id": run_id, "key": row["key"]}, row["value_num"], f"configured {row['key']} = {row['value']}")
+    return None
+
+
+def _divergence_cause(
+    div: Finding, others: list[Finding], n_steps: int, metrics: pl.DataFrame, params: pl.DataFrame
+) -> tuple[RootCause, set[str]]:
+    """Divergence joined with a coinciding grad-norm spike and LR change, when present."""
+    onset = div.onset_step if div.onset_step is not None else 0
+    window = max(TRANSITION_MIN_STEPS, int(TRANSITION_WINDOW_FRAC * max(n_steps, 1)))
+    used = {div.finding_id}
+    spikes = [
+        f for f in others
+        if f.kind == "grad_norm_spike" and f.onset_step is not None and abs(f.onset_step - onset) <= window
+    ]
+    grad_refs = [e for e in div.evidence if e.table == "metrics" and metric_role(str(e.where.get("key", ""))) == "grad_norm"]
+    for spike in spikes:
+        used.add(spike.finding_id)
+        grad_refs.extend(spike.evidence)
+    nan_after = [f for f in others if f.kind == "nan_inf" and (f.onset_step or 0) >= onset]
+    used.update(f.finding_id for f in nan_after)
+    lr_ref = _lr_jump(metrics, div.run_id, onset - window, onset + window)
+    evidence = list(div.evidence)
+    evidence += [e for e in grad_refs if e not in evidence]
+    if lr_ref is not None:
+        evidence.insert(0, lr_ref)
+    for f in nan_after:
+        evidence.extend(f.evidence[:1])
+    if grad_refs:
+        where = f"the learning-rate change at step {lr_ref.where['step']}" if lr_ref else f"step {onset}"
+        param = _lr_param(params, div.run_id)
+        if param is not None and lr_ref is None:
+            evidence.append(param)
+        grad_text = grad_refs[0].text or "the gradient norm spiked"
+        cause = RootCause(
+            issue=(
+                f"Learning rate too high after {where}: the gradient norm spiked ({grad_text}) "
+                f"and the loss diverged from step {onset} without recovering"
+            ),
+            kind="divergence",
+            severity="critical",
+            confidence=0.92 if lr_ref is not None else 0.82,
+            evidence=evidence,
+            fix=(
+                "Lower the learning rate at the transition (keep the pre-change value or warm up to the new one "
+                "over at least an epoch) and clip gradients (e.g. max_norm=1.0); resume from the last checkpoint "
+                "before the onset."
+            ),
+            expected_impact=(
+                f"Loss keeps decreasing past step {onset} instead of diverging; grad norm stays within a few times "
+                "its pre-transition level."
+            ),
+            verify_by=(
+                f"Rerun from the checkpoint before step {onset} with the lower learning rate and compare the grad-norm "
+                "and loss curves over the next epoch against this run."
+            ),
+            onset_step=onset,
+        )
+    else:
+        cause = _from_finding(div)
+        cause.evidence = evidence
+        cause.confidence = min(cause.confidence, 0.7)  # no gradient evidence: the cause is a guess
+    return cause, used
+
+
+def diagnose_run(
+    run_id: str, findings: list[Finding], n_steps: int, metrics: pl.DataFrame, params: pl.DataFrame, cfg: AgentConfig
+) -> dict[str, Any]:
+    """Root causes for one run, ranked by severity then confidence."""
+    causes: list[RootCause] = []
+    used: set[str] = set()
+    for div in [f for f in findings if f.kind == "divergence"]:
+        cause, joined = _divergence_cause(div, [f for f in findings if f.finding_id != div.finding_id], n_steps, metrics, params)
+        causes.append(cause)
+        used |= joined
+    by_kind: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        if f.finding_id not in used:
+            by_kind[f.kind].append(f)
+    for kind, group in by_kind.items():
+        group.sort(key=lambda f: (SEVERITY_RANK[f.severity], -f.confidence))
+        cause = _from_finding(group[0])
+        for extra in group[1:]:
+            cause.evidence.extend(e for e in extra.evidence if e not in cause.evidence)
+        if len(group) > 1:
+            cause.issue = f"{group[0].summary} (and {len(group) - 1} more {kind} finding(s))"
+        causes.append(cause)
+    causes.sort(key=lambda c: (SEVERITY_RANK[c.severity], -c.confidence))
+    requests = []
+    for c in causes:
+        if c.confidence < cfg.min_confidence_without_requests:
+            request = REQUESTS_BY_KIND.get(c.kind, DEFAULT_REQUEST)
+            if request not in requests:
+                requests.append(request)
+    quick_fixes = []
+    for c in causes:
+        if c.severity in ("critical", "high", "medium") and c.fix and c.fix not in quick_fixes:
+            quick_fixes.append(c.fix)
+    return {"root_causes": [c.to_json() for c in causes], "quick_fixes": quick_fixes[:5], "requests": requests}
+
+
+def diagnose(out_dir: Path, cfg: AgentConfig) -> dict[str, Any]:
+    """diagnosis.json's content from the evidence tables under `out_dir` (SPEC §5)."""
+    findings_df = scan_table(out_dir, "findings").collect()
+    runs_df = scan_table(out_dir, "runs").select("run_id", "status", "reason", "n_steps", "last_step").collect()
+    findings = [Finding.from_row(r) for r in findings_df.iter_rows(named=True)]
+    by_run: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        if f.scope == "run" and f.run_id:
+            by_run[f.run_id].append(f)
+    diverged = sorted({f.run_id for f in findings if f.kind == "divergence"})
+    metrics = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64})
+    if diverged:  # only the runs a rule needs; a big sweep's metrics never load whole
+        metrics = (
+            scan_table(out_dir, "metrics")
+            .filter(pl.col("run_id").is_in(diverged))
+            .select("run_id", "step", "key", "value")
+            .collect()
+        )
+    params = scan_table(out_dir, "params").filter(pl.col("run_id").is_in(diverged)).collect()
+    runs_out: dict[str, Any] = {}
+    low_confidence = False
+    for row in runs_df.sort("run_id").iter_rows(named=True):
+        rid = row["run_id"]
+        entry = diagnose_run(rid, by_run.get(rid, []), int(row["last_step"] or row["n_steps"] or 0), metrics, params, cfg)
+        entry["status"] = row["status"]
+        if row["reason"]:
+            entry["reason"] = row["reason"]
+        low_confidence |= any(
+            c["confidence"] < cfg.min_confidence_without_requests and c["severity"] in ("critical", "high")
+            for c in entry["root_causes"]
+        )
+        runs_out[rid] = entry
+    sweep_findings = [f for f in findings if f.scope == "sweep"]
+    sweep_causes = sorted((_from_finding(f) for f in sweep_findings), key=lambda c: (SEVERITY_RANK[c.severity], -c.confidence))
+    return {
+        "status": "needs_more_data" if low_confidence else "diagnosis_complete",
+        "agent": cfg.kind,
+        "runs": runs_out,
+        "sweep": {
+            "root_causes": [c.to_json() for c in sweep_causes],
+            "quick_fixes": [c.fix for c in sweep_causes if c.fix][:5],
+        },
+        "analysis_artifacts": {
+            "report": paths.REPORT_HTML if (Path(out_dir) / paths.REPORT_HTML).exists() else paths.REPORT_MD,
+            "report_md": paths.REPORT_MD,
+            "evidence": paths.EVIDENCE_DIR + "/",
+            "log": paths.LOG_FILE,
+        },
+    }
+
+
+def dumps(diagnosis: dict[str, Any]) -> str:
+    return json.dumps(diagnosis, indent=2, allow_nan=False, default=str)

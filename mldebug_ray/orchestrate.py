@@ -1,0 +1,90 @@
+"""Ray at the edge: connect, fan `analyze_runs` out over batches of runs, bound what is in flight."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mldebug_ray.analyze_run import RunSummary, analyze_runs, mark_unreadable
+from mldebug_ray.config import ClusterConfig, MainConfig
+from mldebug_ray.discover import RunRef
+from mldebug_ray.errors import ConfigError
+from mldebug_ray.progress import Progress
+
+log = logging.getLogger(__name__)
+
+TASKS_PER_CPU = 4  # enough tasks per CPU to balance uneven runs, few enough to amortise task overhead
+MAX_RUNS_PER_TASK = 64
+
+
+@contextmanager
+def ray_cluster(cfg: ClusterConfig) -> Iterator[None]:
+    """Connect to (or start) the Ray cluster `cfg` names; shut down only what we started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if cfg.kind == "local":
+        kwargs["address"] = "local"
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+    else:
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise ConfigError(f"cluster.address is not set (cluster={cfg.kind}) and RAY_ADDRESS is empty")
+        kwargs = dict(address=address, logging_level=logging.WARNING)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(f"cluster.address: cannot connect to Ray at {kwargs.get('address')}: {exc}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def batch_runs(runs: list[RunRef], cpus: int, runs_per_task: int) -> list[list[RunRef]]:
+    """Split runs into task batches: `runs_per_task` each, or about TASKS_PER_CPU tasks per CPU."""
+    if not runs:
+        return []
+    size = runs_per_task or max(1, min(MAX_RUNS_PER_TASK, math.ceil(len(runs) / (max(cpus, 1) * TASKS_PER_CPU))))
+    return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+
+def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSummary]:
+    """Analyse every run on the cluster; each task writes its own parts and returns summaries."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    batches = batch_runs(runs, cpus, cfg.cluster.runs_per_task)
+    max_in_flight = cfg.cluster.max_in_flight or 2 * cpus
+    remote = ray.remote(num_cpus=1, max_retries=cfg.cluster.task_max_retries)(analyze_runs)
+    cfg_ref = ray.put(cfg)
+    progress = Progress(len(runs), cfg.progress)
+    log.info("analysing %d runs in %d tasks on %d CPUs (at most %d in flight)", len(runs), len(batches), cpus, max_in_flight)
+    pending: dict = {}
+    summaries: list[RunSummary] = []
+    queue = list(reversed(batches))
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            batch = queue.pop()
+            pending[remote.remote(batch, cfg_ref, str(out_dir))] = batch
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            batch = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as exc:
+                reason = f"task failed after {cfg.cluster.task_max_retries} retries: {type(exc).__name__}"
+                log.error("%s for runs %s", reason, [r.run_id for r in batch])
+                result = [mark_unreadable(run, out_dir, reason) for run in batch]
+            summaries.extend(result)
+            progress.update(len(result), sum(1 for s in result if s.status == "unreadable"))
+    progress.close()
+    return summaries

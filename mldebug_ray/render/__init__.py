@@ -1,0 +1,1 @@
+"""Renderers: read the evidence and the diagnosis, never compute them."""
