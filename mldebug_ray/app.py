@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from mldebug_ray.config import one_line, register_configs, to_config
 from mldebug_ray.errors import ConfigError
-from mldebug_ray.pipeline import EXIT_BAD_INVOCATION, run_pipeline
+from mldebug_ray.errors import EXIT_BAD_INVOCATION
 
 log = logging.getLogger("mldebug_ray")
 
@@ -56,6 +56,8 @@ def precheck(conf: Path, overrides: list[str]) -> None:
 def task(cfg: DictConfig) -> None:
     """The task Hydra runs; the exit status is kept for `main`."""
     global _exit_code
+    from mldebug_ray.pipeline import run_pipeline  # heavy (ray, polars): not needed to check arguments
+
     try:
         config = to_config(cfg)
         out_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -191,6 +191,11 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> MainConfig:
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (Hydra and OmegaConf messages span several)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = []
+    for ln in str(exc).splitlines():
+        if ln.strip().startswith("Config search path"):
+            break  # Hydra's search-path dump says nothing about the user's mistake
+        if ln.strip():
+            lines.append(ln.strip().rstrip(".:"))
     text = "; ".join(ln for ln in lines if not ln.startswith(("Set the environment variable", "object_type=")))
     return text or type(exc).__name__

@@ -1,4 +1,8 @@
-"""The errors the tool raises on purpose; each message names the file or key at fault."""
+"""The errors the tool raises on purpose, each naming the file or key at fault, and the exit statuses."""
+
+EXIT_OK = 0
+EXIT_UNREADABLE_RUNS = 1  # analysis complete, some runs could not be read (SPEC §2)
+EXIT_BAD_INVOCATION = 2
 
 
 class MldebugError(Exception):

@@ -13,16 +13,13 @@ from mldebug_ray import paths
 from mldebug_ray.config import MainConfig
 from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
-from mldebug_ray.errors import ConfigError
+from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
 from mldebug_ray.evidence.io import atomic_write_bytes
 from mldebug_ray.orchestrate import fan_out, ray_cluster
 from mldebug_ray.render.report_md import render_markdown, terminal_summary
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_UNREADABLE_RUNS = 1
-EXIT_BAD_INVOCATION = 2
 
 
 @dataclass
