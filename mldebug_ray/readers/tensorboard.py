@@ -1,0 +1,602 @@
+"""TensorBoard event files (`events.out.tfevents.*`), decoded by our own record and protobuf parser.
+
+Why our own: TensorBoard's loader spends its time in a pure-Python CRC and its
+`EventAccumulator` silently reservoir-samples scalars to 10,000 points
+(FIELD-NOTES "Formats: traps"; tensorflow/tensorboard#4354, #5488). This module
+keeps every point, needs neither tensorflow nor tensorboard, and checks CRCs only
+when asked (`check_crc=True`), vectorised over records with numpy.
+
+File layout: a sequence of records, each
+    u64 length | u32 masked crc32c(length bytes) | data[length] | u32 masked crc32c(data)
+where data is a serialized `Event`. The fields read (protobuf field numbers):
+
+    Event          wall_time=1 (double), step=2 (int64), summary=5 (Summary)
+    Summary        value=1 (repeated Value)
+    Value          tag=1, simple_value=2 (float), histo=5 (HistogramProto), tensor=8
+                   (TensorProto), metadata=9 (SummaryMetadata), node_name=7 (TF1 tag)
+    SummaryMetadata plugin_data=1 {plugin_name=1}
+    TensorProto    dtype=1, tensor_shape=2 {dim=2 {size=1}}, tensor_content=4,
+                   float_val=5, double_val=6, int_val=7, int64_val=10, bool_val=11,
+                   half_val=13, uint32_val=16, uint64_val=17
+    HistogramProto min=1, max=2, num=3, sum=4, sum_squares=5, bucket_limit=6, bucket=7
+
+Rows produced: old-style `simple_value` and new-style rank-0 numeric tensors become
+one metric row each (NaN/Inf kept); a histogram becomes `<tag>/hist_mean`,
+`<tag>/hist_std`, `<tag>/hist_min`, `<tag>/hist_max` (exact from HistogramProto's
+sums; for new-style `histograms` plugin tensors of shape [k, 3] they are estimated
+from bucket centres). Images, audio, text and graphs are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mldebug_ray.errors import ReadError
+from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, reader
+
+EVENT_FILE_PREFIX = "events.out.tfevents."
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+_F32 = struct.Struct("<f")
+_HEADER = 12  # u64 length + u32 crc of the length
+_FOOTER = 4  # u32 crc of the data
+# One Event larger than this is not a TensorBoard record but a corrupt length field.
+_MAX_RECORD_BYTES = 1 << 31
+
+
+class _ProtoError(ValueError):
+    """A malformed protobuf message."""
+
+
+# ---------------------------------------------------------------- crc32c (Castagnoli)
+
+def _make_crc_table() -> list[int]:
+    table = []
+    for n in range(256):
+        crc = n
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _make_crc_table()
+_CRC_TABLE_NP = np.array(_CRC_TABLE, dtype=np.uint32)
+# Records longer than this are checksummed one at a time in Python rather than
+# as lanes of a numpy batch (a lane costs one numpy step per byte of the longest record).
+_LANE_MAX_BYTES = 4096
+_LANES_PER_BATCH = 1 << 16
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of `data`, table-driven, pure Python (the slow, obvious oracle)."""
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC TFRecord framing stores: rotate right by 15, add 0xa282ead8."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _masked_crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Masked CRC-32C of many byte ranges of `buf` at once (uint32 array, same order).
+
+    The ranges are sorted by length and processed as lanes of one numpy batch:
+    each lane is right-aligned so that all lanes end on the same iteration, and a
+    lane only updates its CRC once its own range has started. Long ranges fall
+    back to the Python loop.
+    """
+    out = np.zeros(len(starts), dtype=np.uint32)
+    if len(starts) == 0:
+        return out
+    order = np.argsort(lengths, kind="stable")
+    i = 0
+    n = len(order)
+    while i < n:
+        first_len = int(lengths[order[i]])
+        if first_len > _LANE_MAX_BYTES:
+            for k in order[i:]:
+                s, ln = int(starts[k]), int(lengths[k])
+                out[k] = masked_crc32c(buf[s : s + ln].tobytes())
+            break
+        # Lanes of similar length share a batch so right-alignment wastes little.
+        limit = min(_LANE_MAX_BYTES, 2 * first_len + 64)
+        j = i
+        while j < n and j - i < _LANES_PER_BATCH and int(lengths[order[j]]) <= limit:
+            j += 1
+        idx = order[i:j]
+        lane_start = starts[idx].astype(np.int64)
+        lane_len = lengths[idx].astype(np.int64)
+        width = int(lane_len.max())
+        begin = width - lane_len  # iteration at which each lane starts
+        crc = np.full(len(idx), 0xFFFFFFFF, dtype=np.uint32)
+        for it in range(width):
+            offset = it - begin
+            active = offset >= 0
+            pos = lane_start + np.where(active, offset, 0)
+            byte = buf[pos].astype(np.uint32)
+            updated = _CRC_TABLE_NP[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+            crc = np.where(active, updated, crc)
+        crc ^= np.uint32(0xFFFFFFFF)
+        masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
+        out[idx] = masked
+        i = j
+    return out
+
+
+# ---------------------------------------------------------------- protobuf wire format
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    byte = buf[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    result = byte & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _ProtoError("varint longer than 10 bytes")
+
+
+def _fields(buf: bytes, pos: int, end: int):
+    """Yield (field_number, wire_type, value) of the message in buf[pos:end].
+
+    value: the integer for varints; the start offset for fixed64/fixed32; a
+    (start, stop) pair for length-delimited fields.
+    """
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value = (pos, pos + length)
+            pos += length
+        elif wire == 5:
+            value = pos
+            pos += 4
+        elif wire == 1:
+            value = pos
+            pos += 8
+        else:
+            raise _ProtoError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise _ProtoError("field runs past the end of its message")
+        yield field, wire, value
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# TensorFlow DataType enum -> (struct format of one element, element bytes) for numeric types.
+_DTYPES = {
+    1: ("f", 4),  # DT_FLOAT
+    2: ("d", 8),  # DT_DOUBLE
+    3: ("i", 4),  # DT_INT32
+    4: ("B", 1),  # DT_UINT8
+    5: ("h", 2),  # DT_INT16
+    6: ("b", 1),  # DT_INT8
+    9: ("q", 8),  # DT_INT64
+    10: ("?", 1),  # DT_BOOL
+    14: ("bf16", 2),  # DT_BFLOAT16
+    17: ("H", 2),  # DT_UINT16
+    19: ("e", 2),  # DT_HALF
+    22: ("I", 4),  # DT_UINT32
+    23: ("Q", 8),  # DT_UINT64
+}
+
+
+_SIGNED = frozenset({3, 5, 6, 9})
+
+
+def _bf16_to_float(bits: int) -> float:
+    return _F32.unpack(_U32.pack((bits & 0xFFFF) << 16))[0]
+
+
+def _half_bits_to_float(bits: int) -> float:
+    return struct.unpack("<e", struct.pack("<H", bits & 0xFFFF))[0]
+
+
+def _packed_or_single(buf: bytes, wire: int, value, fmt: str, size: int) -> list[float]:
+    if wire == 2:
+        start, stop = value
+        count = (stop - start) // size
+        return list(struct.unpack_from(f"<{count}{fmt}", buf, start))
+    return [struct.unpack_from("<" + fmt, buf, value)[0]]
+
+
+def _varints(buf: bytes, wire: int, value) -> list[int]:
+    if wire == 0:
+        return [value]
+    out = []
+    pos, stop = value
+    while pos < stop:
+        v, pos = _varint(buf, pos)
+        out.append(v)
+    return out
+
+
+def _tensor_values(buf: bytes, start: int, end: int) -> tuple[list[float] | None, list[int]]:
+    """(flat numeric values or None when not numeric, shape) of a TensorProto."""
+    dtype = 0
+    shape: list[int] = []
+    content = None
+    values: list[float] = []
+    for field, wire, value in _fields(buf, start, end):
+        if field == 1 and wire == 0:
+            dtype = value
+        elif field == 2 and wire == 2:
+            for f2, w2, v2 in _fields(buf, value[0], value[1]):
+                if f2 == 2 and w2 == 2:  # Dim
+                    size = 0
+                    for f3, w3, v3 in _fields(buf, v2[0], v2[1]):
+                        if f3 == 1 and w3 == 0:
+                            size = _signed64(v3)
+                    shape.append(size)
+        elif field == 4 and wire == 2:
+            content = value
+        elif field == 5 and wire in (2, 5):
+            values.extend(_packed_or_single(buf, wire, value, "f", 4))
+        elif field == 6 and wire in (2, 1):
+            values.extend(_packed_or_single(buf, wire, value, "d", 8))
+        elif field in (7, 10, 11, 13, 16, 17) and wire in (0, 2):
+            ints = _varints(buf, wire, value)
+            if field in (7, 10):  # negative int32/int64 are sign-extended 10-byte varints
+                values.extend(_signed64(v) if dtype in _SIGNED else v for v in ints)
+            elif field == 13:
+                convert = _bf16_to_float if dtype == 14 else _half_bits_to_float
+                values.extend(convert(v) for v in ints)
+            else:
+                values.extend(float(v) for v in ints)
+    spec = _DTYPES.get(dtype)
+    if spec is None:
+        return None, shape
+    if content is not None:
+        fmt, size = spec
+        start, stop = content
+        count = (stop - start) // size
+        if fmt == "bf16":
+            return [_bf16_to_float(b) for b in struct.unpack_from(f"<{count}H", buf, start)], shape
+        return [float(v) for v in struct.unpack_from(f"<{count}{fmt}", buf, start)], shape
+    return [float(v) for v in values], shape
+
+
+def _histogram_proto(buf: bytes, start: int, end: int) -> tuple[float, float, float, float]:
+    """(mean, std, min, max) of a HistogramProto from its exact sums."""
+    mins = maxs = num = total = squares = 0.0
+    for field, wire, value in _fields(buf, start, end):
+        if wire != 1:
+            continue
+        if field == 1:
+            mins = _F64.unpack_from(buf, value)[0]
+        elif field == 2:
+            maxs = _F64.unpack_from(buf, value)[0]
+        elif field == 3:
+            num = _F64.unpack_from(buf, value)[0]
+        elif field == 4:
+            total = _F64.unpack_from(buf, value)[0]
+        elif field == 5:
+            squares = _F64.unpack_from(buf, value)[0]
+    if not num > 0:
+        nan = math.nan
+        return nan, nan, nan, nan
+    mean = total / num
+    variance = squares / num - mean * mean
+    # Rounding can make the variance of a constant tensor a tiny negative number.
+    std = math.sqrt(max(variance, 0.0)) if not math.isnan(variance) else math.nan
+    return mean, std, mins, maxs
+
+
+def _histogram_tensor(values: list[float], shape: list[int]) -> tuple[float, float, float, float] | None:
+    """(mean, std, min, max) estimated from a [k, 3] (left, right, count) bucket tensor."""
+    if len(shape) != 2 or shape[1] != 3 or len(values) != shape[0] * 3:
+        return None
+    nan = math.nan
+    total = weighted = weighted_sq = 0.0
+    lo = hi = None
+    for i in range(0, len(values), 3):
+        left, right, count = values[i], values[i + 1], values[i + 2]
+        if count <= 0:
+            continue
+        centre = (left + right) / 2.0
+        total += count
+        weighted += count * centre
+        weighted_sq += count * centre * centre
+        lo = left if lo is None else lo
+        hi = right
+    if total <= 0:
+        return nan, nan, nan, nan
+    mean = weighted / total
+    return mean, math.sqrt(max(weighted_sq / total - mean * mean, 0.0)), lo, hi
+
+
+_HIST_SUFFIXES = ("/hist_mean", "/hist_std", "/hist_min", "/hist_max")
+
+
+class _Columns:
+    """Column lists the decoder appends to (faster than one dict per row)."""
+
+    def __init__(self) -> None:
+        self.step: list[int] = []
+        self.key: list[str] = []
+        self.value: list[float] = []
+        self.wall: list[float | None] = []
+
+    def add(self, step: int, key: str, value: float, wall: float | None) -> None:
+        self.step.append(step)
+        self.key.append(key)
+        self.value.append(value)
+        self.wall.append(wall)
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+def _decode_value(buf: bytes, start: int, end: int, step: int, wall: float | None, out: _Columns) -> None:
+    tag = None
+    node_name = None
+    simple = None
+    histo = None
+    tensor = None
+    plugin = None
+    for field, wire, value in _fields(buf, start, end):
+        if field == 1 and wire == 2:
+            tag = buf[value[0] : value[1]].decode("utf-8", "replace")
+        elif field == 2 and wire == 5:
+            simple = _F32.unpack_from(buf, value)[0]
+        elif field == 5 and wire == 2:
+            histo = value
+        elif field == 8 and wire == 2:
+            tensor = value
+        elif field == 9 and wire == 2:
+            for f2, w2, v2 in _fields(buf, value[0], value[1]):
+                if f2 == 1 and w2 == 2:
+                    for f3, w3, v3 in _fields(buf, v2[0], v2[1]):
+                        if f3 == 1 and w3 == 2:
+                            plugin = buf[v3[0] : v3[1]].decode("utf-8", "replace")
+        elif field == 7 and wire == 2:
+            node_name = buf[value[0] : value[1]].decode("utf-8", "replace")
+    tag = tag or node_name
+    if not tag:
+        return
+    if simple is not None:
+        out.add(step, tag, simple, wall)
+    elif histo is not None:
+        for suffix, v in zip(_HIST_SUFFIXES, _histogram_proto(buf, histo[0], histo[1])):
+            out.add(step, tag + suffix, v, wall)
+    elif tensor is not None:
+        values, shape = _tensor_values(buf, tensor[0], tensor[1])
+        if values is None:
+            return
+        if plugin == "histograms":
+            stats = _histogram_tensor(values, shape)
+            if stats is not None:
+                for suffix, v in zip(_HIST_SUFFIXES, stats):
+                    out.add(step, tag + suffix, v, wall)
+            return
+        # A scalar is a rank-0 tensor; the scalars plugin also accepts any one-element shape.
+        if len(values) == 1 and (not shape or (plugin == "scalars" and all(d == 1 for d in shape))):
+            out.add(step, tag, values[0], wall)
+
+
+# SummaryMetadata naming the scalars plugin, exactly as TensorBoard writers serialize it.
+_SCALARS_META = b"\x4a\x0b\x0a\x09\x0a\x07scalars"
+
+
+def _fast_scalar_event(buf: bytes, start: int, end: int, out: _Columns) -> bool:
+    """Decode the common one-scalar Event without the general parser.
+
+    Handles `wall_time, [step], summary{value{tag, simple_value}}` and the new-style
+    `value{tag, tensor{DT_FLOAT|DT_DOUBLE, rank 0, one value}, metadata{scalars}}`
+    with single-byte lengths; returns False (nothing added) for any other shape,
+    which then goes through _decode_event. Most records of a real file take this path.
+    """
+    try:
+        if buf[start] != 0x09:
+            return False
+        p = start + 9
+        step = 0
+        if buf[p] == 0x10:
+            step, p = _varint(buf, p + 1)
+            step = _signed64(step)
+        if buf[p] != 0x2A or buf[p + 2] != 0x0A or buf[p + 4] != 0x0A:
+            return False
+        size = buf[p + 1]
+        if size >= 0x80 or p + 2 + size != end or buf[p + 3] != size - 2:
+            return False
+        tag_len = buf[p + 5]
+        if tag_len == 0 or tag_len >= 0x80:
+            return False
+        q = p + 6 + tag_len  # just past the tag; the Value ends at `end`
+        if q + 5 == end and buf[q] == 0x15:
+            value = _F32.unpack_from(buf, q + 1)[0]
+        elif buf[q] == 0x42:
+            tensor_end = q + 2 + buf[q + 1]
+            if buf[q + 1] >= 0x80 or tensor_end + len(_SCALARS_META) != end or buf[q + 2] != 0x08:
+                return False
+            dtype = buf[q + 3]
+            t = q + 4
+            if buf[t] == 0x12 and buf[t + 1] == 0x00:  # an empty tensor_shape: rank 0
+                t += 2
+            field, n = buf[t], buf[t + 1]
+            if dtype == 1 and n == 4 and field in (0x22, 0x2A):  # tensor_content or packed float_val
+                value = _F32.unpack_from(buf, t + 2)[0]
+            elif dtype == 2 and n == 8 and field in (0x22, 0x32):  # tensor_content or packed double_val
+                value = _F64.unpack_from(buf, t + 2)[0]
+            else:
+                return False
+            if t + 2 + n != tensor_end or buf[tensor_end:end] != _SCALARS_META:
+                return False
+        else:
+            return False
+    except IndexError:
+        return False
+    out.add(step, buf[p + 6 : p + 6 + tag_len].decode("utf-8", "replace"), value, _F64.unpack_from(buf, start + 1)[0])
+    return True
+
+
+def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:
+    wall = None
+    step = 0
+    summaries = []
+    for field, wire, value in _fields(buf, start, end):
+        if field == 1 and wire == 1:
+            wall = _F64.unpack_from(buf, value)[0]
+        elif field == 2 and wire == 0:
+            step = _signed64(value)
+        elif field == 5 and wire == 2:
+            summaries.append(value)
+    for s_start, s_end in summaries:
+        for field, wire, value in _fields(buf, s_start, s_end):
+            if field == 1 and wire == 2:
+                _decode_value(buf, value[0], value[1], step, wall, out)
+
+
+# ---------------------------------------------------------------- records
+
+def _frame_records(buf: bytes) -> tuple[list[int], list[int], int]:
+    """Start offsets and lengths of the complete records' data, and where the complete part ends."""
+    starts: list[int] = []
+    lengths: list[int] = []
+    pos = 0
+    size = len(buf)
+    unpack = _U64.unpack_from
+    while pos + _HEADER <= size:
+        length = unpack(buf, pos)[0]
+        if length > _MAX_RECORD_BYTES or pos + _HEADER + length + _FOOTER > size:
+            break
+        starts.append(pos + _HEADER)
+        lengths.append(length)
+        pos += _HEADER + length + _FOOTER
+    return starts, lengths, pos
+
+
+def _first_bad_crc(buf: bytes, starts: list[int], lengths: list[int]) -> int | None:
+    """Index of the first record whose length or data CRC does not match, else None."""
+    if not starts:
+        return None
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    data_start = np.asarray(starts, dtype=np.int64)
+    data_len = np.asarray(lengths, dtype=np.int64)
+    header_start = data_start - _HEADER
+    stored_len_crc = np.array([_U32.unpack_from(buf, s + 8)[0] for s in header_start.tolist()], dtype=np.uint32)
+    stored_data_crc = np.array([_U32.unpack_from(buf, s + ln)[0] for s, ln in zip(starts, lengths)], dtype=np.uint32)
+    len_ok = _masked_crc32c_many(arr, header_start, np.full(len(starts), 8, dtype=np.int64)) == stored_len_crc
+    data_ok = _masked_crc32c_many(arr, data_start, data_len) == stored_data_crc
+    bad = np.flatnonzero(~(len_ok & data_ok))
+    return int(bad[0]) if len(bad) else None
+
+
+def decode_event_bytes(
+    buf: bytes, name: str = "<bytes>", *, check_crc: bool = False, _fast: bool = True
+) -> tuple[_Columns, list[str], int]:
+    """Decode an event file's bytes into metric columns.
+
+    Returns (columns, problems, number of records used). A partial last record
+    (file still being written) ends the decode at the last complete record; with
+    `check_crc` a record whose CRC does not match ends it there too. A record that
+    is not a valid Event is skipped and counted in one problem line. `_fast=False`
+    turns off the one-scalar shortcut (tests compare both paths).
+    """
+    problems: list[str] = []
+    starts, lengths, complete_end = _frame_records(buf)
+    if complete_end < len(buf):
+        problems.append(
+            f"{name}: last record incomplete ({len(buf) - complete_end} trailing bytes), kept {len(starts)} complete records"
+        )
+    if check_crc:
+        bad = _first_bad_crc(buf, starts, lengths)
+        if bad is not None:
+            problems.append(
+                f"{name}: CRC mismatch in record {bad} at byte {starts[bad] - _HEADER}, kept the {bad} records before it"
+            )
+            starts, lengths = starts[:bad], lengths[:bad]
+    out = _Columns()
+    malformed = 0
+    first_malformed = None
+    for start, length in zip(starts, lengths):
+        if _fast and _fast_scalar_event(buf, start, start + length, out):
+            continue
+        mark = len(out)
+        try:
+            _decode_event(buf, start, start + length, out)
+        except (_ProtoError, IndexError, struct.error, UnicodeDecodeError):
+            # Roll back rows of the half-decoded event so none is partial.
+            for column in (out.step, out.key, out.value, out.wall):
+                del column[mark:]
+            malformed += 1
+            first_malformed = start - _HEADER if first_malformed is None else first_malformed
+    if malformed:
+        problems.append(f"{name}: {malformed} malformed event record(s) skipped, first at byte {first_malformed}")
+    return out, problems, len(starts)
+
+
+def read_event_file(path: Path, *, check_crc: bool = False) -> tuple[pl.DataFrame, list[str], int]:
+    """One event file as (metrics frame, problems, records used); see decode_event_bytes."""
+    buf = Path(path).read_bytes()
+    columns, problems, n_records = decode_event_bytes(buf, Path(path).name, check_crc=check_crc)
+    return _to_frame(columns), problems, n_records
+
+
+def _to_frame(columns: _Columns) -> pl.DataFrame:
+    if not len(columns):
+        return pl.DataFrame(schema=pl.Schema(metrics_frame([]).schema))
+    split_of: dict[str, str | None] = {}
+    splits = []
+    for key in columns.key:
+        split = split_of.get(key, "?")
+        if split == "?":
+            split = split_of[key] = infer_split(key)
+        splits.append(split)
+    return metrics_frame(
+        {"step": columns.step, "key": columns.key, "value": columns.value, "wall_time_s": columns.wall, "split": splits}
+    )
+
+
+def detect(run_dir: Path) -> list[Path]:
+    return [p for p in files_in(run_dir) if p.name.startswith(EVENT_FILE_PREFIX)]
+
+
+@reader("tensorboard", detect=detect, provides_metrics=True, priority=10)
+def read(run_dir: Path, files: list[Path], *, check_crc: bool = False) -> SourceData:
+    """Every event file in `files`, all points kept; raises ReadError if none yields a record."""
+    frames = []
+    problems: list[str] = []
+    failures: list[str] = []
+    used_records = 0
+    for path in files:
+        try:
+            frame, notes, n_records = read_event_file(path, check_crc=check_crc)
+        except OSError as exc:
+            failures.append(f"{path.name}: {exc.strerror or exc}")
+            continue
+        problems.extend(notes)
+        used_records += n_records
+        if n_records == 0:
+            failures.append(f"{path.name}: no complete record")
+        frames.append(frame)
+    if used_records == 0:
+        raise ReadError("; ".join(failures) if failures else "no event file to read")
+    problems.extend(failures)
+    metrics = pl.concat(frames, how="vertical") if frames else metrics_frame([])
+    return SourceData(metrics=metrics, problems=problems)
