@@ -1,0 +1,41 @@
+"""Detectors: functions from one run's evidence tables to findings, one symptom per module."""
+
+from __future__ import annotations
+
+from mldebug_ray.detectors.base import DETECTORS, RunEvidence, detector
+
+# Registration: importing a module registers its detector.
+from mldebug_ray.detectors import nan_inf  # noqa: F401,E402
+from mldebug_ray.detectors import divergence  # noqa: F401,E402
+from mldebug_ray.detectors import loss_spike  # noqa: F401,E402
+from mldebug_ray.detectors import grad_norm_spike  # noqa: F401,E402
+from mldebug_ray.detectors import plateau  # noqa: F401,E402
+from mldebug_ray.detectors import overfitting  # noqa: F401,E402
+from mldebug_ray.detectors import architecture_imbalance  # noqa: F401,E402
+from mldebug_ray.detectors import run_incomplete  # noqa: F401,E402
+from mldebug_ray.detectors.config import DetectorsConfig  # noqa: E402
+from mldebug_ray.findings import Finding  # noqa: E402
+
+__all__ = ["DETECTORS", "DetectorsConfig", "RunEvidence", "detector", "run_detectors"]
+
+
+def run_detectors(ev: RunEvidence, cfg: DetectorsConfig) -> tuple[list[Finding], list[str]]:
+    """Run the enabled detectors on one run.
+
+    Returns (findings, problems): a detector that raises is reported in `problems` as
+    "<name>: <ExceptionType>: <message>" and the others still run.
+    """
+    findings: list[Finding] = []
+    problems: list[str] = []
+    for name in cfg.enabled:
+        entry = DETECTORS.get(name)
+        if entry is None:
+            problems.append(f"{name}: no detector registered under this name")
+            continue
+        try:
+            found = entry.fn(ev, getattr(cfg, entry.config_key))
+        except Exception as exc:  # one broken detector must not hide the others' findings
+            problems.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
+        findings.extend(found)
+    return findings, problems

@@ -1,0 +1,45 @@
+"""`DetectorsConfig`: which detectors run and each one's thresholds (Hydra key `detectors`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from mldebug_ray.detectors.architecture_imbalance import ArchitectureImbalanceConfig
+from mldebug_ray.detectors.divergence import DivergenceConfig
+from mldebug_ray.detectors.grad_norm_spike import GradNormSpikeConfig
+from mldebug_ray.detectors.loss_spike import LossSpikeConfig
+from mldebug_ray.detectors.nan_inf import NanInfConfig
+from mldebug_ray.detectors.overfitting import OverfittingConfig
+from mldebug_ray.detectors.plateau import PlateauConfig
+from mldebug_ray.detectors.run_incomplete import RunIncompleteConfig
+from mldebug_ray.errors import ConfigError
+
+# Plain (not frozen) dataclasses throughout: OmegaConf turns a frozen dataclass into a
+# read-only node, and then `detectors.loss_spike.min_ratio=1.5` on the command line fails.
+
+
+@dataclass
+class DetectorsConfig:
+    """One field per detector (field name = detector name) plus the list of enabled ones."""
+
+    nan_inf: NanInfConfig = field(default_factory=NanInfConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
+    grad_norm_spike: GradNormSpikeConfig = field(default_factory=GradNormSpikeConfig)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    overfitting: OverfittingConfig = field(default_factory=OverfittingConfig)
+    architecture_imbalance: ArchitectureImbalanceConfig = field(default_factory=ArchitectureImbalanceConfig)
+    run_incomplete: RunIncompleteConfig = field(default_factory=RunIncompleteConfig)
+    enabled: list[str] = field(
+        default_factory=lambda: [
+            "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
+            "architecture_imbalance", "run_incomplete",
+        ]
+    )
+    """Detectors that run, by name; every name needs a field of the same name above."""
+
+    def __post_init__(self) -> None:
+        known = [f.name for f in fields(self) if f.name != "enabled"]
+        unknown = [name for name in self.enabled if name not in known]
+        if unknown:
+            raise ConfigError(f"detectors.enabled: unknown detector(s) {unknown}; known: {known}")
