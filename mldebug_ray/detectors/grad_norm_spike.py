@@ -32,7 +32,8 @@ class GradNormSpikeConfig:
     min before the spike (or turns NaN/Inf) and first gets there within followup_points."""
     followup_points: int = 10
     """The spike is followed by a divergence when the loss's final run above
-    divergence_factor x its running min starts within this many loss points of the onset."""
+    divergence_factor x its running min (or NaN/Inf) starts during the spike or within
+    this many loss points after it."""
     max_zero_frac: float = 0.5
     """A series with more exact zeros than this was not computed (`grad norm: 0.000`)."""
     max_reported: int = 3
@@ -152,7 +153,7 @@ def grad_norm_spike(ev: RunEvidence, cfg: GradNormSpikeConfig) -> list[Finding]:
         if joint is not None:
             s, v, r = joint
             evidence.append(metric_ref(rid, s, loss["key"][0], v, f"loss {fmt(v)} at step {s}, {fmt(r)}x its recent median"))
-        diverged = _diverges_after(loss_steps, loss_vals, steps[lo], cfg)
+        diverged = _diverges_after(loss_steps, loss_vals, steps[lo], steps[hi], cfg)
         if hi + 1 < g.size:
             evidence.append(metric_ref(rid, steps[hi + 1], key, g[hi + 1], f"grad norm back to {fmt(g[hi + 1])} at step {int(steps[hi + 1])}"))
         tail = "; the loss diverged right after" if diverged else ""
@@ -227,20 +228,22 @@ def _loss_row_at(loss: pl.DataFrame, steps: np.ndarray, ratios: np.ndarray, cfg:
     return step, value, float(ratios[j])
 
 
-def _diverges_after(loss_steps: np.ndarray, loss_vals: np.ndarray, onset_step: int, cfg: GradNormSpikeConfig) -> bool:
+def _diverges_after(loss_steps: np.ndarray, loss_vals: np.ndarray, onset_step: int, end_step: int, cfg: GradNormSpikeConfig) -> bool:
     """The loss ends NaN/Inf or above divergence_factor x its running min before the onset,
-    and its final run up there starts within followup_points loss points of the onset."""
+    and its final run up there starts before the spike ends or within followup_points loss
+    points after."""
     before = loss_vals[(loss_steps < onset_step) & np.isfinite(loss_vals)]
     after = loss_vals[loss_steps >= onset_step]
     if before.size == 0 or after.size == 0:
         return False
     floor = float(running_min(before)[-1])
-    if floor <= 0:
-        return False
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(after) | (after > cfg.divergence_factor * floor)
+        bad = ~np.isfinite(after)
+        if floor > 0:  # a ratio to the minimum means nothing for a loss that goes negative
+            bad |= after > cfg.divergence_factor * floor
     if not bad[-1]:
         return False
     good = np.flatnonzero(~bad)
     final_start = int(good[-1]) + 1 if good.size else 0
-    return final_start < cfg.followup_points
+    during = int(np.count_nonzero(loss_steps[loss_steps >= onset_step] <= end_step))
+    return final_start < during + cfg.followup_points

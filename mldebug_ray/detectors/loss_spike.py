@@ -92,7 +92,7 @@ def noise_sigma(x: np.ndarray, window: int) -> np.ndarray:
     return sigma
 
 
-def find_spikes(steps: np.ndarray, x: np.ndarray, cfg: LossSpikeConfig) -> list[Spike]:
+def find_spikes(x: np.ndarray, cfg: LossSpikeConfig) -> list[Spike]:
     """Spikes of a finite, positive series. Vectorised candidate test; loops only over candidates."""
     n = x.size
     if n < 2:
@@ -165,7 +165,7 @@ def loss_spike(ev: RunEvidence, cfg: LossSpikeConfig) -> list[Finding]:
         x = series["value"].to_numpy()
         if x.size < 3:
             continue
-        spikes = find_spikes(steps, x, cfg)
+        spikes = find_spikes(x, cfg)
         if ends_nonfinite:
             # An unrecovered jump right before the loss turns NaN is a divergence, not a spike.
             spikes = [s for s in spikes if s.recovered_after is not None]

@@ -59,7 +59,7 @@ def nan_inf(ev: RunEvidence, cfg: NanInfConfig) -> list[Finding]:
     if bad.height == 0:
         return []
     split_col = "split" if "split" in m.columns else None
-    pairs = bad.select(["key"] + ([split_col] if split_col else [])).unique()
+    pairs = bad.select(["key"] + ([split_col] if split_col else [])).unique().sort(pl.all(), nulls_last=True)
     families: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
     for row in pairs.iter_rows(named=True):
         if is_timing_key(row["key"]):

@@ -81,8 +81,8 @@ def overfitting(ev: RunEvidence, cfg: OverfittingConfig) -> list[Finding]:
     v_steps, v = val["step"].to_numpy(), val["value"].to_numpy()
     t_steps, t = train["step"].to_numpy(), train["value"].to_numpy()
     i_min = int(np.argmin(v))
-    if i_min >= v.size - 1 or v[i_min] <= 0:
-        return []
+    if i_min >= v.size - 1 or v[i_min] <= 0 or t.min() < 0:
+        return []  # ratios of a loss that goes negative (e.g. NLL on unnormalised logits) mean nothing
     min_step = int(v_steps[i_min])
     k_val = min(cfg.tail_points, v.size - 1 - i_min)
     v_end, i_v_end = _level(v, v.size - 1, k_val)

@@ -33,7 +33,7 @@ class PlateauConfig:
     class_keys: list[str] = field(
         default_factory=lambda: ["num_classes", "n_classes", "num_labels", "nclasses", "vocab_size", "n_vocab", "padded_vocab_size"]
     )
-    """Param names (last dotted part) that give the number of classes of the loss."""
+    """Param names (last dotted part) that give the number of classes of the loss, preferred first."""
 
     def __post_init__(self) -> None:
         if self.min_points < 3:
@@ -49,15 +49,17 @@ class PlateauConfig:
 
 
 def num_classes(params: pl.DataFrame, names: list[str]) -> tuple[str, float] | None:
-    """(param key, value) of the first numeric param naming the number of classes, if any."""
+    """(param key, value) of the numeric param naming the number of classes, earliest in `names`
+    first (a classifier's `n_classes` wins over its input `vocab_size`)."""
     if params.height == 0:
         return None
-    wanted = {n.lower() for n in names}
-    rows = params.filter(pl.col("value_num").is_not_null() & (pl.col("value_num") >= 2))
-    for row in rows.sort("key").iter_rows(named=True):
-        if row["key"].lower().rsplit(".", 1)[-1] in wanted:
-            return row["key"], float(row["value_num"])
-    return None
+    order = {n.lower(): i for i, n in enumerate(names)}
+    best = None
+    for row in params.filter(pl.col("value_num").is_not_null() & (pl.col("value_num") >= 2)).iter_rows(named=True):
+        rank = order.get(row["key"].lower().rsplit(".", 1)[-1])
+        if rank is not None and (best is None or (rank, row["key"]) < best[0]):
+            best = ((rank, row["key"]), row["key"], float(row["value_num"]))
+    return None if best is None else (best[1], best[2])
 
 
 @detector("plateau")
@@ -121,7 +123,10 @@ def plateau(ev: RunEvidence, cfg: PlateauConfig) -> list[Finding]:
         evidence.append(metric_ref(rid, steps[i_best], key, x[i_best], f"lowest smoothed {which} loss {fmt(best)} at step {int(steps[i_best])}"))
     reasons = []
     if stuck:
-        reasons.append(f"its smoothed best {fmt(best)} is only {fmt(100 * rel_decrease)}% below its start {fmt(start)} over {x.size} points")
+        if rel_decrease > 0:
+            reasons.append(f"its smoothed best {fmt(best)} is only {fmt(100 * rel_decrease)}% below its start {fmt(start)} over {x.size} points")
+        else:
+            reasons.append(f"over {x.size} points it never got below its start {fmt(start)} (smoothed best {fmt(best)})")
     if chance is not None:
         pkey, n, level = chance
         evidence.append(EvidenceRef("params", {"run_id": rid, "key": pkey}, n, f"{pkey} = {int(n)}: chance-level cross-entropy ln({int(n)}) = {fmt(level)}"))

@@ -46,3 +46,10 @@ def test_two_val_points_are_not_enough(make_ev, rows):
 def test_config_rejects_impossible_values_naming_the_key():
     with pytest.raises(ConfigError, match="detectors.overfitting.rise_frac"):
         OverfittingConfig(rise_frac=-0.1)
+
+
+def test_negative_train_loss_is_not_judged(make_ev, rows):
+    # NLL on unnormalised logits goes negative: ratios to a minimum mean nothing there.
+    val = [30.0, 25.0, 32.0, 60.0, 120.0]
+    train = rows(-np.linspace(1, 4000, 100), "train/loss")
+    assert overfitting(make_ev(train + rows(val, "val/loss", every=20)), OverfittingConfig()) == []

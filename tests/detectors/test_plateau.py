@@ -52,3 +52,10 @@ def test_too_few_points_stay_silent(make_ev, rows):
 def test_config_rejects_impossible_values_naming_the_key():
     with pytest.raises(ConfigError, match="detectors.plateau.edge_frac"):
         PlateauConfig(edge_frac=0.0)
+
+
+def test_class_count_prefers_n_classes_over_an_input_vocabulary(make_ev, rows):
+    rng = np.random.default_rng(2)
+    loss = math.log(8) + 0.01 * rng.standard_normal(60)
+    found = plateau(make_ev(rows(loss), params={"data.vocab_size": 1024, "data.n_classes": 8}), PlateauConfig())
+    assert any(ref.table == "params" and ref.where["key"] == "data.n_classes" for ref in found[0].evidence)
