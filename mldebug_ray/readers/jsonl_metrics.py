@@ -178,5 +178,6 @@ def read(run_dir: Path, files: list[Path]) -> SourceData:
     # Train and eval lines of one step both carry `epoch`: keep it once.
     epochs = metrics.filter(pl.col("key") == "epoch")
     if epochs.height:
-        metrics = pl.concat([metrics.filter(pl.col("key") != "epoch"), epochs.unique(["step"], keep="first", maintain_order=True)])
+        once = epochs.unique(["step"], keep="first", maintain_order=True)
+        metrics = pl.concat([metrics.filter(pl.col("key") != "epoch"), once])
     return SourceData(metrics=metrics, params=params, problems=errors + problems)

@@ -47,8 +47,6 @@ _F64 = struct.Struct("<d")
 _F32 = struct.Struct("<f")
 _HEADER = 12  # u64 length + u32 crc of the length
 _FOOTER = 4  # u32 crc of the data
-# One Event larger than this is not a TensorBoard record but a corrupt length field.
-_MAX_RECORD_BYTES = 1 << 31
 
 
 class _ProtoError(ValueError):
@@ -401,58 +399,89 @@ def _decode_value(buf: bytes, start: int, end: int, step: int, wall: float | Non
 
 # SummaryMetadata naming the scalars plugin, exactly as TensorBoard writers serialize it.
 _SCALARS_META = b"\x4a\x0b\x0a\x09\x0a\x07scalars"
+_SCALARS_META_NP = np.frombuffer(_SCALARS_META, dtype=np.uint8).astype(np.int64)
 
 
-def _fast_scalar_event(buf: bytes, start: int, end: int, out: _Columns) -> bool:
-    """Decode the common one-scalar Event without the general parser.
+def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
+    """Decode, all records at once with numpy, the Events that hold exactly one scalar.
 
-    Handles `wall_time, [step], summary{value{tag, simple_value}}` and the new-style
-    `value{tag, tensor{DT_FLOAT|DT_DOUBLE, rank 0, one value}, metadata{scalars}}`
-    with single-byte lengths; returns False (nothing added) for any other shape,
-    which then goes through _decode_event. Most records of a real file take this path.
+    Recognised shapes (single-byte lengths, as real writers produce for scalars):
+        09 <wall f64> [10 <step varint>] 2a L1 0a L2 0a T <tag> 15 <f32>           (simple_value)
+        09 <wall f64> [10 <step varint>] 2a L1 0a L2 0a T <tag> 42 LT 08 <dtype>
+            [12 00] (22|2a|32) N <f32|f64> 4a 0b 0a 09 0a 07 "scalars"            (rank-0 tensor)
+    Returns (mask of the records decoded here, their rows with a `record` column);
+    every other record is left to the general parser (_decode_event).
     """
-    try:
-        if buf[start] != 0x09:
-            return False
-        p = start + 9
-        step = 0
-        if buf[p] == 0x10:
-            step, p = _varint(buf, p + 1)
-            step = _signed64(step)
-        if buf[p] != 0x2A or buf[p + 2] != 0x0A or buf[p + 4] != 0x0A:
-            return False
-        size = buf[p + 1]
-        if size >= 0x80 or p + 2 + size != end or buf[p + 3] != size - 2:
-            return False
-        tag_len = buf[p + 5]
-        if tag_len == 0 or tag_len >= 0x80:
-            return False
-        q = p + 6 + tag_len  # just past the tag; the Value ends at `end`
-        if q + 5 == end and buf[q] == 0x15:
-            value = _F32.unpack_from(buf, q + 1)[0]
-        elif buf[q] == 0x42:
-            tensor_end = q + 2 + buf[q + 1]
-            if buf[q + 1] >= 0x80 or tensor_end + len(_SCALARS_META) != end or buf[q + 2] != 0x08:
-                return False
-            dtype = buf[q + 3]
-            t = q + 4
-            if buf[t] == 0x12 and buf[t + 1] == 0x00:  # an empty tensor_shape: rank 0
-                t += 2
-            field, n = buf[t], buf[t + 1]
-            if dtype == 1 and n == 4 and field in (0x22, 0x2A):  # tensor_content or packed float_val
-                value = _F32.unpack_from(buf, t + 2)[0]
-            elif dtype == 2 and n == 8 and field in (0x22, 0x32):  # tensor_content or packed double_val
-                value = _F64.unpack_from(buf, t + 2)[0]
-            else:
-                return False
-            if t + 2 + n != tensor_end or buf[tensor_end:end] != _SCALARS_META:
-                return False
-        else:
-            return False
-    except IndexError:
-        return False
-    out.add(step, buf[p + 6 : p + 6 + tag_len].decode("utf-8", "replace"), value, _F64.unpack_from(buf, start + 1)[0])
-    return True
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    last = len(arr) - 1
+    start = starts
+    end = starts + lengths
+
+    def at(pos: np.ndarray) -> np.ndarray:
+        return arr[np.clip(pos, 0, last)].astype(np.int64)
+
+    ok = (lengths >= 21) & (at(start) == 0x09)
+    has_step = at(start + 9) == 0x10
+    step = np.zeros(len(start), dtype=np.uint64)
+    step_len = np.zeros(len(start), dtype=np.int64)
+    going = has_step.copy()
+    for k in range(10):
+        byte = at(start + 10 + k)
+        step |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
+        step_len += going
+        going &= byte >= 0x80
+    ok &= ~going
+    p = start + 9 + np.where(has_step, 1 + step_len, 0)
+    size = at(p + 1)
+    ok &= (at(p) == 0x2A) & (size < 0x80) & (p + 2 + size == end)
+    ok &= (at(p + 2) == 0x0A) & (at(p + 3) == size - 2) & (at(p + 4) == 0x0A)
+    tag_len = at(p + 5)
+    ok &= (tag_len > 0) & (tag_len < 0x80)
+    q = p + 6 + tag_len  # first byte after the tag
+    simple = ok & (q + 5 == end) & (at(q) == 0x15)
+    # New-style: tensor field, then the scalars-plugin metadata up to the end.
+    tensor_end = q + 2 + at(q + 1)
+    tensor = ok & ~simple & (at(q) == 0x42) & (at(q + 1) < 0x80) & (tensor_end + len(_SCALARS_META) == end)
+    tensor &= at(q + 2) == 0x08
+    dtype = at(q + 3)
+    t = q + 4 + np.where((at(q + 4) == 0x12) & (at(q + 5) == 0x00), 2, 0)
+    field, nbytes = at(t), at(t + 1)
+    is_f32 = (dtype == 1) & (nbytes == 4) & ((field == 0x22) | (field == 0x2A))
+    is_f64 = (dtype == 2) & (nbytes == 8) & ((field == 0x22) | (field == 0x32))
+    tensor &= (is_f32 | is_f64) & (t + 2 + nbytes == tensor_end)
+    for i, byte in enumerate(_SCALARS_META_NP):
+        tensor &= at(tensor_end + i) == byte
+    handled = simple | tensor
+    idx = np.flatnonzero(handled)
+    if not len(idx):
+        return handled, pl.DataFrame()
+
+    def gather(pos: np.ndarray, width: int) -> np.ndarray:
+        return arr[pos[:, None] + np.arange(width)]
+
+    wall = gather(start[idx] + 1, 8).copy().view("<f8").ravel()
+    value_pos = np.where(simple, q + 1, t + 2)[idx]
+    as_f64 = is_f64[idx] & tensor[idx]
+    values = np.empty(len(idx), dtype=np.float64)
+    f32 = ~as_f64
+    values[f32] = gather(value_pos[f32], 4).copy().view("<f4").ravel()
+    values[as_f64] = gather(value_pos[as_f64], 8).copy().view("<f8").ravel()
+    # Tags: decode each distinct byte string once.
+    tag_start = (p + 6)[idx].tolist()
+    tag_stop = q[idx].tolist()
+    codes: dict[bytes, int] = {}
+    record_codes = [codes.setdefault(buf[a:b], len(codes)) for a, b in zip(tag_start, tag_stop)]
+    names = pl.Series("key", [raw.decode("utf-8", "replace") for raw in codes], dtype=pl.String)
+    frame = pl.DataFrame(
+        {
+            "record": idx.astype(np.int64),
+            "step": step[idx].view(np.int64),
+            "key": names.gather(pl.Series(record_codes, dtype=pl.UInt32)),
+            "value": values,
+            "wall_time_s": wall,
+        }
+    )
+    return handled, frame
 
 
 def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:
@@ -476,19 +505,25 @@ def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:
 
 def _frame_records(buf: bytes) -> tuple[list[int], list[int], int]:
     """Start offsets and lengths of the complete records' data, and where the complete part ends."""
-    starts: list[int] = []
-    lengths: list[int] = []
+    # The one sequential part of decoding: each record's offset depends on the previous length.
+    ends: list[int] = []  # offset just past each complete record
+    append = ends.append
     pos = 0
-    size = len(buf)
+    limit = len(buf) - _HEADER - _FOOTER
     unpack = _U64.unpack_from
-    while pos + _HEADER <= size:
-        length = unpack(buf, pos)[0]
-        if length > _MAX_RECORD_BYTES or pos + _HEADER + length + _FOOTER > size:
+    while pos <= limit:
+        nxt = pos + _HEADER + _FOOTER + unpack(buf, pos)[0]
+        if nxt > len(buf):
             break
-        starts.append(pos + _HEADER)
-        lengths.append(length)
-        pos += _HEADER + length + _FOOTER
-    return starts, lengths, pos
+        append(nxt)
+        pos = nxt
+    if not ends:
+        return [], [], 0
+    ends_np = np.asarray(ends, dtype=np.int64)
+    begins = np.empty_like(ends_np)
+    begins[0] = 0
+    begins[1:] = ends_np[:-1]
+    return (begins + _HEADER).tolist(), (ends_np - begins - _HEADER - _FOOTER).tolist(), pos
 
 
 def _first_bad_crc(buf: bytes, starts: list[int], lengths: list[int]) -> int | None:
@@ -509,14 +544,15 @@ def _first_bad_crc(buf: bytes, starts: list[int], lengths: list[int]) -> int | N
 
 def decode_event_bytes(
     buf: bytes, name: str = "<bytes>", *, check_crc: bool = False, _fast: bool = True
-) -> tuple[_Columns, list[str], int]:
-    """Decode an event file's bytes into metric columns.
+) -> tuple[pl.DataFrame, list[str], int]:
+    """Decode an event file's bytes into a metrics frame (METRIC_COLUMNS), rows in file order.
 
-    Returns (columns, problems, number of records used). A partial last record
-    (file still being written) ends the decode at the last complete record; with
-    `check_crc` a record whose CRC does not match ends it there too. A record that
-    is not a valid Event is skipped and counted in one problem line. `_fast=False`
-    turns off the one-scalar shortcut (tests compare both paths).
+    Returns (frame, problems, number of records used). A partial last record (file
+    still being written) ends the decode at the last complete record; with
+    `check_crc` a record whose CRC does not match ends it there too. A record that is
+    not a valid Event is skipped and counted in one problem line. One-scalar events
+    are decoded in bulk by _vector_scalars, the rest one by one; `_fast=False` sends
+    every record through the general parser (tests compare both).
     """
     problems: list[str] = []
     starts, lengths, complete_end = _frame_records(buf)
@@ -531,46 +567,63 @@ def decode_event_bytes(
                 f"{name}: CRC mismatch in record {bad} at byte {starts[bad] - _HEADER}, kept the {bad} records before it"
             )
             starts, lengths = starts[:bad], lengths[:bad]
+    parts = []
+    rest = range(len(starts))
+    if _fast and starts:
+        handled, bulk = _vector_scalars(buf, np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64))
+        if bulk.height:
+            parts.append(bulk)
+        rest = np.flatnonzero(~handled).tolist()
     out = _Columns()
+    records: list[int] = []
     malformed = 0
     first_malformed = None
-    for start, length in zip(starts, lengths):
-        if _fast and _fast_scalar_event(buf, start, start + length, out):
-            continue
+    for i in rest:
+        start = starts[i]
         mark = len(out)
         try:
-            _decode_event(buf, start, start + length, out)
+            _decode_event(buf, start, start + lengths[i], out)
         except (_ProtoError, IndexError, struct.error, UnicodeDecodeError):
             # Roll back rows of the half-decoded event so none is partial.
             for column in (out.step, out.key, out.value, out.wall):
                 del column[mark:]
             malformed += 1
             first_malformed = start - _HEADER if first_malformed is None else first_malformed
+            continue
+        records.extend([i] * (len(out) - mark))
     if malformed:
         problems.append(f"{name}: {malformed} malformed event record(s) skipped, first at byte {first_malformed}")
-    return out, problems, len(starts)
+    if len(out):
+        parts.append(
+            pl.DataFrame(
+                {"record": records, "step": out.step, "key": out.key, "value": out.value, "wall_time_s": out.wall},
+                schema={"record": pl.Int64, "step": pl.Int64, "key": pl.String, "value": pl.Float64, "wall_time_s": pl.Float64},
+            )
+        )
+    return _with_splits(parts), problems, len(starts)
+
+
+def _with_splits(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate decoded parts in record order and add the split of each key."""
+    if not parts:
+        return metrics_frame([])
+    frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+    if len(parts) > 1:
+        frame = frame.sort("record", maintain_order=True)
+    splits = {key: infer_split(key) for key in frame["key"].unique().to_list()}
+    return frame.select(
+        pl.col("step").cast(pl.Int64),
+        pl.col("key"),
+        pl.col("value").cast(pl.Float64),
+        pl.col("wall_time_s").cast(pl.Float64),
+        pl.col("key").replace_strict(splits, default=None, return_dtype=pl.String).alias("split"),
+    )
 
 
 def read_event_file(path: Path, *, check_crc: bool = False) -> tuple[pl.DataFrame, list[str], int]:
     """One event file as (metrics frame, problems, records used); see decode_event_bytes."""
     buf = Path(path).read_bytes()
-    columns, problems, n_records = decode_event_bytes(buf, Path(path).name, check_crc=check_crc)
-    return _to_frame(columns), problems, n_records
-
-
-def _to_frame(columns: _Columns) -> pl.DataFrame:
-    if not len(columns):
-        return pl.DataFrame(schema=pl.Schema(metrics_frame([]).schema))
-    split_of: dict[str, str | None] = {}
-    splits = []
-    for key in columns.key:
-        split = split_of.get(key, "?")
-        if split == "?":
-            split = split_of[key] = infer_split(key)
-        splits.append(split)
-    return metrics_frame(
-        {"step": columns.step, "key": columns.key, "value": columns.value, "wall_time_s": columns.wall, "split": splits}
-    )
+    return decode_event_bytes(buf, Path(path).name, check_crc=check_crc)
 
 
 def detect(run_dir: Path) -> list[Path]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickletools
 import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -105,9 +107,13 @@ def test_pickled_class_is_refused_and_its_code_never_runs(tmp_path):
     assert "weights-only load refused" in row["reason"] and "make_marker" in row["reason"]
     assert "\n" not in row["reason"]
     assert not marker.exists()
-    # Control: the payload is live; a full unpickle would have run it.
-    torch.load(tmp_path / "epoch=1-step=20.ckpt", weights_only=False)
-    assert marker.exists()
+    # Control, without unpickling: the archive's pickle really calls make_marker on load.
+    with zipfile.ZipFile(tmp_path / "epoch=1-step=20.ckpt") as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(pickled)]
+    call = ops.index(("GLOBAL", f"{__name__} make_marker"))
+    window = [op for op in ops[call : call + 8] if op[0] not in ("BINPUT", "MEMOIZE")]
+    assert window[:4] == [("GLOBAL", f"{__name__} make_marker"), ("BINUNICODE", str(marker)), ("TUPLE1", None), ("REDUCE", None)]
 
 
 def test_corrupt_torch_files_are_unreadable(tmp_path):
@@ -117,8 +123,6 @@ def test_corrupt_torch_files_are_unreadable(tmp_path):
     (tmp_path / "step_8.pt").write_bytes(b"random bytes, not a pickle")
     # A zip whose tensor data is gone: the archive opens, the load fails.
     torch.save(STATE, tmp_path / "step_9.pt")
-    import zipfile
-
     with zipfile.ZipFile(tmp_path / "step_9.pt") as src, zipfile.ZipFile(tmp_path / "step_10.pt", "w") as dst:
         for item in src.infolist():
             if "/data/" not in item.filename:
