@@ -14,7 +14,9 @@ from mldebug_ray.config import MainConfig
 from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
 from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
-from mldebug_ray.evidence.io import atomic_write_bytes
+from mldebug_ray.detectors import SweepTables, run_sweep_detectors
+from mldebug_ray.evidence.io import atomic_write_bytes, write_table
+from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
 from mldebug_ray.render.report_md import render_markdown, terminal_summary
 
@@ -77,6 +79,13 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
     with ray_cluster(cfg.cluster):
         summaries = fan_out(runs, cfg, out_dir)
     timings["analyze_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sweep_findings, problems = run_sweep_detectors(SweepTables(out_dir), cfg.detectors)
+    for problem in problems:
+        log.warning("sweep detector %s", problem)
+    write_table(out_dir, "findings", findings_frame(sweep_findings), paths.SWEEP_PART_KEY)
+    timings["sweep_detect_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     diagnosis = rules.diagnose(out_dir, cfg.agent)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mldebug_ray.detectors.base import DETECTORS, RunEvidence, detector
+from mldebug_ray.detectors.base import DETECTORS, SWEEP_DETECTORS, RunEvidence, SweepTables, detector, sweep_detector
 
 # Registration: importing a module registers its detector.
 from mldebug_ray.detectors import nan_inf  # noqa: F401,E402
@@ -16,7 +16,10 @@ from mldebug_ray.detectors import run_incomplete  # noqa: F401,E402
 from mldebug_ray.detectors.config import DetectorsConfig  # noqa: E402
 from mldebug_ray.findings import Finding  # noqa: E402
 
-__all__ = ["DETECTORS", "DetectorsConfig", "RunEvidence", "detector", "run_detectors"]
+__all__ = [
+    "DETECTORS", "SWEEP_DETECTORS", "DetectorsConfig", "RunEvidence", "SweepTables",
+    "detector", "sweep_detector", "run_detectors", "run_sweep_detectors",
+]
 
 
 def run_detectors(ev: RunEvidence, cfg: DetectorsConfig) -> tuple[list[Finding], list[str]]:
@@ -29,6 +32,8 @@ def run_detectors(ev: RunEvidence, cfg: DetectorsConfig) -> tuple[list[Finding],
     problems: list[str] = []
     for name in cfg.enabled:
         entry = DETECTORS.get(name)
+        if entry is None and name in SWEEP_DETECTORS:
+            continue  # runs once over the whole sweep, in run_sweep_detectors
         if entry is None:
             problems.append(f"{name}: no detector registered under this name")
             continue
@@ -38,4 +43,19 @@ def run_detectors(ev: RunEvidence, cfg: DetectorsConfig) -> tuple[list[Finding],
             problems.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             continue
         findings.extend(found)
+    return findings, problems
+
+
+def run_sweep_detectors(tables: SweepTables, cfg: DetectorsConfig) -> tuple[list[Finding], list[str]]:
+    """Run the enabled sweep-level detectors once over all runs; same contract as run_detectors."""
+    findings: list[Finding] = []
+    problems: list[str] = []
+    for name in cfg.enabled:
+        entry = SWEEP_DETECTORS.get(name)
+        if entry is None:
+            continue
+        try:
+            findings.extend(entry.fn(tables, getattr(cfg, entry.config_key)))
+        except Exception as exc:  # one broken detector must not hide the others' findings
+            problems.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
     return findings, problems

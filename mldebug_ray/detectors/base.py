@@ -51,3 +51,37 @@ def detector(name: str, *, config_key: str | None = None):
         return fn
 
     return register
+
+
+class SweepTables:
+    """Lazy access to a whole sweep's evidence tables on disk, for sweep-level detectors.
+
+    Detectors should filter and select before collecting: on a sweep of thousands of
+    runs the metrics table does not fit comfortably in the driver.
+    """
+
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        from mldebug_ray.evidence.io import scan_table
+
+        return scan_table(self.out_dir, table)
+
+
+# A sweep detector: (all runs' tables, its own config) -> findings (scope run or sweep).
+SweepDetector = Callable[[SweepTables, object], list[Finding]]
+
+SWEEP_DETECTORS: dict[str, Detector] = {}
+
+
+def sweep_detector(name: str, *, config_key: str | None = None):
+    """Register a detector that compares runs (peers, seeds, hyperparameters); refuses duplicates."""
+
+    def register(fn: SweepDetector) -> SweepDetector:
+        if name in SWEEP_DETECTORS or name in DETECTORS:
+            raise ValueError(f"detector {name!r} is already registered")
+        SWEEP_DETECTORS[name] = Detector(name, fn, config_key or name)
+        return fn
+
+    return register
