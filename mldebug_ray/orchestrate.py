@@ -39,14 +39,39 @@ def ray_cluster(cfg: ClusterConfig) -> Iterator[None]:
         if not address:
             raise ConfigError(f"cluster.address is not set (cluster={cfg.kind}) and RAY_ADDRESS is empty")
         kwargs = dict(address=address, logging_level=logging.WARNING)
+        use_token_auth_if_available()
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise ConfigError(f"cluster.address: cannot connect to Ray at {kwargs.get('address')}: {exc}") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+            " (a cluster with token auth needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+        raise ConfigError(f"cluster.address: cannot connect to Ray at {kwargs.get('address')}: {exc}{hint}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def use_token_auth_if_available() -> None:
+    """Send Ray's auth token when one is at hand and the user chose no RAY_AUTH_MODE.
+
+    `ray start` turns token auth on when a token exists, but a driver connecting to an
+    explicit address only sends one with RAY_AUTH_MODE=token (FIELD-NOTES); a token sent to
+    a cluster without auth is ignored. Token sources as Ray reads them: RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token. Ray caches its config at import, hence the refresh.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file)):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except Exception as exc:  # private API: without the refresh the driver may still connect unauthenticated
+        log.debug("could not refresh Ray's config for token auth: %s", exc)
 
 
 def batch_runs(runs: list[RunRef], cpus: int, runs_per_task: int) -> list[list[RunRef]]:
