@@ -275,3 +275,15 @@ def test_node_lost_mid_sweep_is_handled(cluster, sweep_40, tmp_path):
     assert sum(starts.values()) + on_victim > N_RUNS or unreadable.height, (starts, on_victim)
     # The survivors are still a cluster.
     assert len(cluster.wait_nodes(2, timeout=60)) >= 2
+
+
+def test_cluster_slurm_without_an_address_is_a_one_line_error(tmp_path, jsonl_run):
+    """cluster=slurm outside the job script: no address and no RAY_ADDRESS -> exit 2, one line."""
+    jsonl_run(tmp_path / "runs" / "a", [1.0, 0.5, 0.25])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "mldebug_ray", "+sweep=paths", f"sweep.roots=[{tmp_path / 'runs'}]",
+                           f"out_dir={tmp_path / 'out'}", "cluster=slurm"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("mldebug_ray: error:")]
+    assert len(errors) == 1 and "cluster.address" in errors[0] and "RAY_ADDRESS" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
