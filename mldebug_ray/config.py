@@ -19,7 +19,8 @@ from mldebug_ray.detectors.config import DetectorsConfig
 from mldebug_ray.errors import ConfigError
 
 CLUSTER_KINDS = ("local", "address", "slurm")
-AGENT_KINDS = ("rules",)
+AGENT_KINDS = ("rules", "anthropic")
+FINAL_ANSWER_MODES = ("output_format", "forced_tool")
 PROGRESS_MODES = ("auto", "live", "lines", "off")
 PROBE_DEVICES = ("auto", "cpu", "cuda")
 
@@ -84,15 +85,51 @@ class AgentConfig:
     """Who writes the diagnosis from the findings."""
 
     kind: str = "rules"
-    """rules: the offline rule-based agent (no network)."""
+    """rules: the offline rule-based agent (no network); anthropic: the LLM agent (mldebug_ray/agent/)."""
     min_confidence_without_requests: float = 0.8
     """SPEC §5: a root cause below this confidence is reported only with requests for data."""
+    # The fields below are read by kind=anthropic only (conf/agent/anthropic.yaml sets them).
+    # The API key is never a config value: it comes from ANTHROPIC_API_KEY only.
+    model: str = "claude-sonnet-5-5"
+    """Anthropic model id; a current one from the SDK's model list (claude-sonnet-4-5 is deprecated)."""
+    base_url: Optional[str] = None
+    """Messages API base URL; null uses the SDK's default (tests point it at a loopback server)."""
+    max_turns: int = 12
+    """Most model requests in one agent call (one run, or the sweep); the last one must submit the diagnosis."""
+    max_tokens: int = 4096
+    """Most output tokens per model response (the API's max_tokens)."""
+    token_budget: int = 200_000
+    """Most tokens (input + cache + output, summed over turns) one agent call may spend before it must submit."""
+    timeout_s: float = 300.0
+    """Wall-time budget of one agent call, retries included; no request outlives it."""
+    max_retries: int = 2
+    """Retries of a request that failed with 429, 5xx or a connection error, with backoff, within timeout_s."""
+    max_concurrency: int = 4
+    """Agent calls in flight at once (per-run calls run in threads: they wait on the network)."""
+    max_runs: int = 50
+    """Runs sent to the model (those with findings or read problems, worst first); the rest keep the rules diagnosis."""
+    final_answer: str = "output_format"
+    """How the last turn is made to answer: output_format (structured JSON output, for models that reject a
+    forced tool, e.g. the 5.5 family) or forced_tool (tool_choice on submit_diagnosis)."""
+    code_roots: list[str] = field(default_factory=list)
+    """Folders whose files the agent may read and grep (read-only, no path or symlink escapes); empty: none."""
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    """USD per million tokens by model: input, output, cache_write, cache_read (cost of agent_calls rows)."""
 
     def __post_init__(self) -> None:
         if self.kind not in AGENT_KINDS:
             raise ConfigError(f"agent.kind must be one of {AGENT_KINDS}, got {self.kind!r}")
         if not 0.0 <= self.min_confidence_without_requests <= 1.0:
             raise ConfigError("agent.min_confidence_without_requests must be in [0, 1]")
+        for key in ("max_turns", "max_tokens", "token_budget", "max_concurrency"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_retries < 0 or self.max_runs < 0:
+            raise ConfigError("agent.max_retries and agent.max_runs must be >= 0")
+        if not 0 < self.timeout_s <= 3600:
+            raise ConfigError(f"agent.timeout_s must be in (0, 3600], got {self.timeout_s}")
+        if self.final_answer not in FINAL_ANSWER_MODES:
+            raise ConfigError(f"agent.final_answer must be one of {FINAL_ANSWER_MODES}, got {self.final_answer!r}")
 
 
 @dataclass
@@ -182,6 +219,8 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> MainConfig:
             obj.sweep.roots = [str(default_demo_root())]
         else:
             raise ConfigError("sweep.roots is empty: give the run directories, e.g. 'sweep.roots=[/path/to/runs]'")
+    if obj.agent.kind == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise ConfigError("agent=anthropic needs the ANTHROPIC_API_KEY environment variable (the key is never read from config)")
     if not obj.sweep.generate:
         for root in obj.sweep.roots:
             if not Path(root).is_dir():

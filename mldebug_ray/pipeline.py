@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mldebug_ray import paths
-from mldebug_ray.config import MainConfig
+from mldebug_ray.config import AgentConfig, MainConfig
 from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
 from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
@@ -53,6 +53,15 @@ def load_entry_point(spec: str, key: str):
         raise ConfigError(f"{key}: cannot import {spec!r}: {exc}") from None
 
 
+def diagnose(out_dir: Path, agent: AgentConfig) -> dict:
+    """The configured agent's diagnosis. The one place the core reaches the LLM agent, imported only when chosen."""
+    if agent.kind == "anthropic":
+        from mldebug_ray.agent import anthropic_agent
+
+        return anthropic_agent.diagnose(out_dir, agent)
+    return rules.diagnose(out_dir, agent)
+
+
 def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) -> PipelineResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +97,7 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
     timings["sweep_detect_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    diagnosis = rules.diagnose(out_dir, cfg.agent)
+    diagnosis = diagnose(out_dir, cfg.agent)
     atomic_write_bytes(out_dir / paths.DIAGNOSIS_FILE, rules.dumps(diagnosis).encode())
     atomic_write_bytes(out_dir / paths.REPORT_MD, render_markdown(diagnosis, sweep.name).encode())
     timings["diagnose_s"] = time.perf_counter() - t0

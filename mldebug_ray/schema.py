@@ -148,6 +148,25 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "verify_by": pl.String,
         "detector": pl.String,
     },
+    # One row per request of the LLM agent (mldebug_ray/agent/); written by the agent only.
+    "agent_calls": {
+        "run_id": pl.String,  # null for the sweep-level call
+        "call_id": pl.String,
+        "scope": pl.String,  # run / sweep
+        "turn": pl.Int64,
+        "model": pl.String,
+        "status": pl.String,  # ok / error / cached
+        "stop_reason": pl.String,
+        "input_tokens": pl.Int64,
+        "output_tokens": pl.Int64,
+        "cache_creation_input_tokens": pl.Int64,
+        "cache_read_input_tokens": pl.Int64,
+        "cost_usd": pl.Float64,
+        "latency_s": pl.Float64,
+        "evidence_hash": pl.String,  # what the call saw; a re-run with the same hash reuses result_json
+        "error": pl.String,
+        "result_json": pl.String,  # the model's final answer, on the call's last row
+    },
 }
 
 OPTIONAL: dict[str, frozenset[str]] = {
@@ -164,6 +183,7 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "outputs": frozenset(),
     "gpu": frozenset({"power_w", "temp_c"}),
     "findings": frozenset({"run_id", "run_ids", "onset_step", "end_step"}),
+    "agent_calls": frozenset({"run_id", "stop_reason", "cost_usd", "latency_s", "evidence_hash", "error", "result_json"}),
 }
 
 # Columns that never hold nulls once validated.
@@ -175,6 +195,7 @@ NOT_NULL: dict[str, tuple[str, ...]] = {
     "checkpoints": ("run_id", "path", "format"),
     "layers": ("run_id", "layer"),
     "findings": ("finding_id", "scope", "kind", "severity", "confidence", "detector"),
+    "agent_calls": ("call_id", "scope", "turn", "model", "status"),
 }
 
 RUN_STATUSES = ("ok", "partial", "unreadable")
