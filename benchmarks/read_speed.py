@@ -1,0 +1,235 @@
+"""Reading speed: the whole corpus through `read_run`, and a generated ~150 MB TensorBoard event file.
+
+    python benchmarks/read_speed.py [--corpus ../shared/corpus] [--tb-mb 150] [--no-loader] [--keep DIR]
+
+1. Corpus: every run of every sweep root read with `mldebug_ray.read_run` (the same
+   readers as the pipeline, no Ray), one process: runs/s, metric rows/s, MB/s of the
+   run files, against reading the same bytes with plain `open().read()` (the I/O floor).
+2. TensorBoard: an event file of `--tb-mb` MB of one-scalar events (8 tags, ~2.8M
+   scalars at 150 MB), written here record by record as TensorFlow's writer frames them
+   (u64 length, masked CRC-32C of the length, Event protobuf, masked CRC-32C of the
+   data; CRCs computed vectorised with numpy), decoded by our reader with CRC checking
+   off and on, against, in the same process on the same file: plain `open().read()`,
+   and TensorBoard's own `EventFileLoader` (pure-Python CRC and protobuf parsing; the
+   reader TensorBoard's `EventAccumulator` sits on) when the `tensorboard` package is
+   importable. EventFileLoader manages well under 1 MB/s on one-scalar events, so it
+   reads a whole-record prefix of the same file (`--loader-mb`, default 4) and our
+   reader is timed again on that prefix for the ratio. Prints MB/s, the ratios, and
+   whether the scalar counts match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TAGS = [f"train/loss_{i}" for i in range(8)]
+FIRST_STEP = 1 << 21  # steps in [2^21, 2^28) all encode as 4-byte varints: fixed-size records
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def corpus_speed(corpus: Path) -> None:
+    from mldebug_ray.api import read_run
+    from mldebug_ray.discover import discover
+    from mldebug_ray.readers import READERS
+
+    roots = sorted(p for p in corpus.iterdir() if p.is_dir())
+    runs = [(root.name, Path(r.path)) for root in roots for r in discover([str(root)])]
+    files: set[Path] = set()
+    for _, run_dir in runs:
+        for reader in READERS.values():
+            files.update(reader.detect(run_dir))
+    total_bytes = sum(p.stat().st_size for p in files)
+    t0 = time.perf_counter()
+    for path in files:
+        with open(path, "rb") as handle:
+            handle.read()
+    io_s = time.perf_counter() - t0
+    rows = 0
+    statuses: dict[str, int] = {}
+    per_sweep: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for sweep, run_dir in runs:
+        started = time.perf_counter()
+        read = read_run(run_dir)
+        per_sweep[sweep] = per_sweep.get(sweep, 0.0) + time.perf_counter() - started
+        rows += read.metrics.height
+        statuses[read.status] = statuses.get(read.status, 0) + 1
+    read_s = time.perf_counter() - t0
+    mb = total_bytes / 1e6
+    print(f"corpus {corpus}: {len(runs)} runs, {len(files)} files, {mb:.1f} MB, {rows:,} metric rows, status {statuses}")
+    print(f"  read_run:      {read_s:7.2f} s  {len(runs) / read_s:7.1f} runs/s  {rows / read_s:12,.0f} rows/s  {mb / read_s:7.1f} MB/s")
+    print(f"  open().read(): {io_s:7.2f} s  {mb / io_s:7.1f} MB/s   (read_run is {read_s / io_s:.0f}x the raw I/O time)")
+    print("  per sweep: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(per_sweep.items())))
+
+
+# --------------------------------------------------------------------------- TensorBoard file
+
+
+def _crc32c_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table[i] = crc
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def masked_crc32c_rows(rows: np.ndarray) -> np.ndarray:
+    """Masked CRC-32C (TFRecord's) of every row of a uint8 matrix, one numpy pass per byte column."""
+    crc = np.full(rows.shape[0], 0xFFFFFFFF, dtype=np.uint32)
+    for j in range(rows.shape[1]):
+        crc = _TABLE[(crc ^ rows[:, j]) & 0xFF] ^ (crc >> 8)
+    crc ^= np.uint32(0xFFFFFFFF)
+    return (((crc >> 15) | (crc << 17)) + np.uint32(0xA282EAD8)).astype(np.uint32)
+
+
+def _record(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    crc_len = masked_crc32c_rows(np.frombuffer(length, dtype=np.uint8)[None, :])[0]
+    crc_data = masked_crc32c_rows(np.frombuffer(data, dtype=np.uint8)[None, :])[0]
+    return length + struct.pack("<I", crc_len) + data + struct.pack("<I", crc_data)
+
+
+def write_event_file(path: Path, target_mb: float) -> tuple[int, int]:
+    """A TFRecord event file of one-scalar events (simple_value) of about `target_mb` MB.
+
+    Returns (scalar count, bytes of the leading file_version record); every scalar
+    record after it has the same size.
+    """
+    header = b"\x09" + struct.pack("<d", 1.7e9) + b"\x1a" + bytes([len(b"brain.Event:2")]) + b"brain.Event:2"
+    tag_len = len(TAGS[0])
+    value_len = 2 + tag_len + 5
+    event_len = 9 + 5 + 2 + 2 + value_len
+    record_len = 8 + 4 + event_len + 4
+    n = int(target_mb * 1e6 // record_len)
+    i = np.arange(n, dtype=np.int64)
+    steps = FIRST_STEP + i // len(TAGS)
+    ev = np.zeros((n, event_len), dtype=np.uint8)
+    ev[:, 0] = 0x09
+    ev[:, 1:9] = (1.7e9 + steps.astype(np.float64) * 0.01).view(np.uint8).reshape(n, 8)
+    ev[:, 9] = 0x10
+    for k in range(4):
+        ev[:, 10 + k] = ((steps >> (7 * k)) & 0x7F) | (0x80 if k < 3 else 0)
+    ev[:, 14] = 0x2A
+    ev[:, 15] = 2 + value_len
+    ev[:, 16] = 0x0A
+    ev[:, 17] = value_len
+    ev[:, 18] = 0x0A
+    ev[:, 19] = tag_len
+    tags = np.frombuffer(b"".join(t.encode() for t in TAGS), dtype=np.uint8).reshape(len(TAGS), tag_len)
+    ev[:, 20 : 20 + tag_len] = tags[i % len(TAGS)]
+    ev[:, 20 + tag_len] = 0x15
+    values = (2.0 + np.sin(i / 1000.0) + (i % len(TAGS))).astype(np.float32)
+    ev[:, 21 + tag_len : 25 + tag_len] = values.view(np.uint8).reshape(n, 4)
+    rec = np.zeros((n, record_len), dtype=np.uint8)
+    length = struct.pack("<Q", event_len)
+    rec[:, 0:8] = np.frombuffer(length, dtype=np.uint8)
+    rec[:, 8:12] = np.frombuffer(struct.pack("<I", masked_crc32c_rows(np.frombuffer(length, dtype=np.uint8)[None, :])[0]), dtype=np.uint8)
+    rec[:, 12 : 12 + event_len] = ev
+    rec[:, 12 + event_len :] = masked_crc32c_rows(ev).view(np.uint8).reshape(n, 4)
+    first = _record(header)
+    with open(path, "wb") as handle:
+        handle.write(first)
+        handle.write(rec.tobytes())
+    return n, len(first)
+
+
+def _timed(fn, repeat: int = 1):
+    best = None
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - t0
+        best = elapsed if best is None else min(best, elapsed)
+    return best, out
+
+
+def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Path | None) -> None:
+    from mldebug_ray.readers.tensorboard import read_event_file
+
+    folder = keep or Path(tempfile.mkdtemp(prefix="tb_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "events.out.tfevents.1700000000.bench"
+    t0 = time.perf_counter()
+    n, header_bytes = write_event_file(path, tb_mb)
+    mb = path.stat().st_size / 1e6
+    print(f"\nTensorBoard: {path} {mb:.1f} MB, {n:,} scalars (written in {time.perf_counter() - t0:.1f} s)")
+    io_s, _ = _timed(lambda: path.read_bytes(), repeat=3)
+    off_s, (frame_off, problems_off, _) = _timed(lambda: read_event_file(path, check_crc=False), repeat=3)
+    on_s, (frame_on, problems_on, _) = _timed(lambda: read_event_file(path, check_crc=True), repeat=2)
+    print(f"  open().read():            {io_s:7.2f} s  {mb / io_s:8.1f} MB/s")
+    print(f"  ours, CRC off:            {off_s:7.2f} s  {mb / off_s:8.1f} MB/s  {frame_off.height:,} scalars  {problems_off or ''}")
+    print(f"  ours, CRC on:             {on_s:7.2f} s  {mb / on_s:8.1f} MB/s  {frame_on.height:,} scalars  {problems_on or ''}")
+    print(f"  ratios: CRC off = {off_s / io_s:.1f}x raw I/O time, CRC on = {on_s / off_s:.2f}x CRC off")
+    if use_loader:
+        try:
+            from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        except ImportError:
+            print("  tensorboard not importable: EventFileLoader baseline skipped")
+        else:
+            # EventFileLoader runs ~0.1-0.5 MB/s on one-scalar events here: it gets a prefix of the
+            # same file (whole records), and ours is timed again on that same prefix.
+            prefix = folder / "events.out.tfevents.1700000000.prefix"
+            record_len = (path.stat().st_size - header_bytes) // n
+            keep_records = max(1, min(n, int((loader_mb * 1e6 - header_bytes) // record_len)))
+            with open(path, "rb") as src, open(prefix, "wb") as dst:
+                dst.write(src.read(header_bytes + keep_records * record_len))
+            prefix_mb = prefix.stat().st_size / 1e6
+
+            def load() -> int:
+                count = 0
+                for event in EventFileLoader(str(prefix)).Load():
+                    for value in event.summary.value:
+                        if value.HasField("simple_value") or value.HasField("tensor"):
+                            count += 1
+                return count
+
+            loader_s, loader_n = _timed(load)
+            ours_off_s, (p_off, _, _) = _timed(lambda: read_event_file(prefix, check_crc=False), repeat=3)
+            ours_on_s, (p_on, _, _) = _timed(lambda: read_event_file(prefix, check_crc=True), repeat=3)
+            print(f"  same-file baseline on the first {prefix_mb:.1f} MB ({keep_records:,} scalars):")
+            print(f"    tensorboard EventFileLoader: {loader_s:7.2f} s  {prefix_mb / loader_s:8.2f} MB/s  {loader_n:,} scalars"
+                  f"  (whole file at this rate: ~{mb / (prefix_mb / loader_s):.0f} s)")
+            print(f"    ours, CRC off:               {ours_off_s:7.2f} s  {prefix_mb / ours_off_s:8.1f} MB/s  {p_off.height:,} scalars")
+            print(f"    ours, CRC on:                {ours_on_s:7.2f} s  {prefix_mb / ours_on_s:8.1f} MB/s  {p_on.height:,} scalars")
+            print(
+                f"    ratios: EventFileLoader / ours CRC off = {loader_s / ours_off_s:.0f}x, / ours CRC on = {loader_s / ours_on_s:.0f}x;"
+                f" scalar counts match: {loader_n == p_off.height == p_on.height == keep_records}"
+            )
+            os.unlink(prefix)
+    if keep is None:
+        os.unlink(path)
+        os.rmdir(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=HERE.parent.parent / "shared" / "corpus")
+    parser.add_argument("--tb-mb", type=float, default=150.0, help="size of the generated event file (MB)")
+    parser.add_argument("--no-loader", action="store_true", help="skip TensorBoard's EventFileLoader baseline")
+    parser.add_argument("--loader-mb", type=float, default=4.0, help="prefix of the file given to EventFileLoader (MB)")
+    parser.add_argument("--no-corpus", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="write the event file here and keep it")
+    args = parser.parse_args()
+    if not args.no_corpus:
+        corpus_speed(args.corpus)
+    tensorboard_speed(args.tb_mb, not args.no_loader, args.loader_mb, args.keep)
+
+
+if __name__ == "__main__":
+    main()

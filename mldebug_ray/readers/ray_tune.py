@@ -1,0 +1,230 @@
+"""Ray Tune trial folders: `result.json` (JSON lines), `params.json`, `error.txt`; pickles never loaded.
+
+A trial folder is one with `result.json` next to `params.json`, `progress.csv`,
+`params.pkl` or `error.txt`, or one with `error.txt` and `params.json` (a trial that
+failed before reporting anything is still a run: unreadable, with its traceback).
+
+Ownership (other readers also claim some of these files; gather keeps, for each
+(step, key), the value of the reader with the lowest priority number):
+- `result.json`: read here (priority 30) with the same step rule and key flattening as
+  the JSON-lines reader (priority 45), so its duplicate rows are the ones dropped; this
+  reader adds what a plain JSON-lines reading cannot know: Tune restores. A result
+  line with `iterations_since_restore == 1` after the first line is a restore from a
+  checkpoint: a `restart` event at its step; when the step goes back, the rows of the
+  earlier attempt at or beyond that step are dropped (the final attempt is the curve
+  the trial continued from).
+- `progress.csv`: the same numbers as `result.json`; left to the CSV reader (its rows
+  at a (step, key) this reader has are dropped by gather).
+- `params.json`: params, here and not from the JSON-lines reader's copy (same keys,
+  ours first).
+- `error.txt`: Tune's failure report (`Failure # 1 (occurred at ...)` then a Python
+  traceback, or a Ray task error: `ray::ImplicitFunc.train() (pid=...)`, frames, the
+  exception line): events via the text-log library (a `traceback` event, `oom` if it
+  is one); a Ray task error becomes a `traceback` event (exception line | first
+  frame); anything else one `error` event with its first line. Its step is the last
+  step reported.
+- `params.pkl`, `error.pkl`, `checkpoint_*/`: pickles and checkpoints; never loaded
+  (`error.pkl` without `error.txt` gives an `error` event saying only that it exists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mldebug_ray.errors import ReadError
+from mldebug_ray.readers.base import EVENT_COLUMNS, SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.hydra_config import flatten_params
+from mldebug_ray.readers.jsonl_metrics import RAY_FIELDS, STEP_KEYS, WALL_KEYS
+from mldebug_ray.readers.text_log import parse_logs
+
+RESULT = "result.json"
+PARAMS = "params.json"
+PROGRESS = "progress.csv"
+ERROR_TXT = "error.txt"
+ERROR_PKL = "error.pkl"
+PARAMS_PKL = "params.pkl"
+MAX_ERROR_LINES = 5000
+
+
+def detect(run_dir: Path) -> list[Path]:
+    names = {p.name: p for p in files_in(Path(run_dir))}
+    has_result = RESULT in names and ({PARAMS, PROGRESS, PARAMS_PKL, ERROR_TXT} & names.keys())
+    failed_early = ERROR_TXT in names and PARAMS in names
+    if not (has_result or failed_early):
+        return []
+    return [names[n] for n in (RESULT, PARAMS, ERROR_TXT, ERROR_PKL) if n in names]
+
+
+def _numbers(obj: dict[str, Any], prefix: str, out: dict[str, float]) -> None:
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            _numbers(value, name, out)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+
+
+def _step_of(record: dict[str, Any]) -> tuple[str | None, int | None]:
+    for key in STEP_KEYS:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return key, int(value)
+    return None, None
+
+
+def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.DataFrame:
+    """Metrics of a Tune `result.json`, restores turned into `restart` events and cut segments."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise ReadError(f"{RESULT}: {exc.strerror or exc}") from None
+    columns: dict[str, list] = {"step": [], "key": [], "value": [], "wall_time_s": [], "split": []}
+    segment_of_row: list[int] = []
+    segment_starts: list[int] = []
+    segment = 0
+    max_step: int | None = None
+    bad = 0
+    used = 0
+    splits: dict[str, str | None] = {}
+    for index, line in enumerate(lines):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            if index == len(lines) - 1:
+                problems.append(f"{RESULT}: line {index + 1} truncated, dropped")
+            else:
+                bad += 1
+            continue
+        if not isinstance(record, dict):
+            bad += 1
+            continue
+        step_key, step = _step_of(record)
+        if step is None:
+            step = used
+        restored = record.get("iterations_since_restore") == 1 and used > 0
+        if max_step is not None and (step < max_step or restored):
+            segment += 1
+            segment_starts.append(step)
+            why = "Tune restored the trial from a checkpoint" if restored else "steps went back"
+            events.append(
+                (step, "restart", f"{why} at step {step} (after step {max_step}); earlier rows at steps >= {step} dropped", RESULT, index + 1)
+            )
+            max_step = step
+        wall = next(
+            (float(record[k]) for k in WALL_KEYS if isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)),
+            None,
+        )
+        numbers: dict[str, float] = {}
+        for key, value in record.items():
+            if key == step_key or key in WALL_KEYS or key in RAY_FIELDS:
+                continue
+            if isinstance(value, dict):
+                _numbers(value, key, numbers)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers[key] = float(value)
+        for key, value in numbers.items():
+            if key not in splits:
+                splits[key] = infer_split(key.replace(".", "/"))
+            columns["step"].append(step)
+            columns["key"].append(key)
+            columns["value"].append(value)
+            columns["wall_time_s"].append(wall)
+            columns["split"].append(splits[key])
+            segment_of_row.append(segment)
+        max_step = step if max_step is None else max(max_step, step)
+        used += 1
+    if bad:
+        problems.append(f"{RESULT}: {bad} unparsable line(s) skipped")
+    frame = metrics_frame(columns)
+    if segment and frame.height:
+        starts = np.array(segment_starts + [np.iinfo(np.int64).max], dtype=np.int64)
+        cutoff = np.minimum.accumulate(starts[::-1])[::-1]
+        keep = frame["step"].to_numpy() < cutoff[np.asarray(segment_of_row)]
+        frame = frame.filter(pl.Series(keep))
+    return frame.unique(["step", "key"], keep="last", maintain_order=True)
+
+
+_FRAME = re.compile(r'^\s+File "')
+
+
+def _task_traceback(path: Path) -> tuple[str, int] | None:
+    """(exception line | first frame, line number) of a Ray task error (`ray::Trainable.train() ...` then frames)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[:MAX_ERROR_LINES]
+    except OSError:
+        return None
+    first_frame = start = None
+    exception = None
+    for number, line in enumerate(lines, start=1):
+        if _FRAME.match(line):
+            first_frame = first_frame or line.strip()
+            start = start or number
+        elif first_frame and line.strip() and not line[:1].isspace():
+            exception = line.strip()
+    if first_frame and exception:
+        return f"{exception} | {first_frame}", start
+    return None
+
+
+def _error_events(run_dir: Path, path: Path, step: int | None, problems: list[str]) -> pl.DataFrame:
+    data = parse_logs(run_dir, [path], metrics=False)
+    problems.extend(data.problems)
+    events = data.events if data.events is not None else pl.DataFrame(schema=EVENT_COLUMNS)
+    if not events.filter(pl.col("kind") == "traceback").height:
+        task = _task_traceback(path)
+        if task is not None:
+            row = (None, "traceback", task[0], ERROR_TXT, task[1])
+        else:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+            first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            row = (None, "error", first or "error.txt (empty)", ERROR_TXT, 1)
+        events = pl.concat([events, pl.DataFrame([row], schema=EVENT_COLUMNS, orient="row")])
+    return events if step is None else events.with_columns(pl.col("step").fill_null(step))
+
+
+@reader("ray_tune", detect=detect, provides_metrics=True, priority=30)
+def read(run_dir: Path, files: list[Path]) -> SourceData:
+    """One Tune trial: results, params, and its failure report as events."""
+    run_dir = Path(run_dir)
+    names = {p.name: p for p in files}
+    problems: list[str] = []
+    params: dict[str, Any] = {}
+    event_rows: list[tuple] = []
+    metrics = None
+    if RESULT in names:
+        metrics = read_results(names[RESULT], problems, event_rows)
+    if PARAMS in names:
+        try:
+            data = json.loads(names[PARAMS].read_text(encoding="utf-8"))
+            params.update(flatten_params(data) if isinstance(data, dict) else {})
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(f"{PARAMS}: not parsed ({type(exc).__name__})")
+    last_step = int(metrics["step"].max()) if metrics is not None and metrics.height else None
+    parts = [pl.DataFrame(event_rows or None, schema=EVENT_COLUMNS, orient="row")]
+    if ERROR_TXT in names:
+        parts.append(_error_events(run_dir, names[ERROR_TXT], last_step, problems))
+    elif ERROR_PKL in names:
+        parts.append(
+            pl.DataFrame(
+                [(last_step, "error", "the trial failed: error.pkl present (a pickle, not loaded) and no error.txt", ERROR_PKL, None)],
+                schema=EVENT_COLUMNS,
+                orient="row",
+            )
+        )
+    events = pl.concat(parts, how="vertical_relaxed")
+    if metrics is not None and metrics.height == 0:
+        problems.append(f"{RESULT}: no result line")
+    return SourceData(metrics=metrics, params=params, events=events, problems=problems)

@@ -1,0 +1,123 @@
+"""The Ray Tune reader on trial folders laid out as Tune writes them (result.json lines, params.json, error.txt, pickles)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import polars as pl
+
+from mldebug_ray.discover import discover
+from mldebug_ray.gather import read_run_dir
+from mldebug_ray.readers import READERS
+
+TRIAL = "train_fn_8a2b1_00000_0_lr=0.0100_2024-01-01_12-00-00"
+
+
+class _Boom:
+    """Unpickling this runs `open(<marker>, 'w')`: a pickle that must never be loaded."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _result(iteration: int, loss: float, since_restore: int) -> dict:
+    return {
+        "loss": loss, "mean_accuracy": 1 - loss / 4, "timestamp": 1700000000 + iteration, "checkpoint_dir_name": None,
+        "done": False, "training_iteration": iteration, "trial_id": "8a2b1_00000", "date": "2024-01-01_12-00-00",
+        "time_this_iter_s": 0.1, "time_total_s": 0.1 * iteration, "pid": 4242, "hostname": "node1",
+        "node_ip": "127.0.0.1", "config": {"lr": 0.01, "seed": 3}, "time_since_restore": 0.1 * since_restore,
+        "iterations_since_restore": since_restore, "val": {"loss": loss + 0.1},
+    }
+
+
+def trial(root: Path, results: list[dict], *, error: str | None = None) -> Path:
+    run = root / "exp" / TRIAL
+    run.mkdir(parents=True)
+    (root / "exp" / "experiment_state-2024-01-01_12-00-00.json").write_text("{}")
+    with open(run / "result.json", "w") as fh:
+        for r in results:
+            fh.write(json.dumps(r) + "\n")
+    with open(run / "progress.csv", "w", newline="") as fh:
+        flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} | {"config/lr": 0.01} for r in results]
+        writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    (run / "params.json").write_text(json.dumps({"lr": 0.01, "seed": 3, "model": {"width": 64}}))
+    marker = root / "UNPICKLED"
+    (run / "params.pkl").write_bytes(pickle.dumps(_Boom(str(marker))))
+    if error is not None:
+        (run / "error.txt").write_text(error)
+        (run / "error.pkl").write_bytes(pickle.dumps(_Boom(str(marker))))
+    (run / "checkpoint_000002").mkdir()
+    (run / "checkpoint_000002" / "data.pkl").write_bytes(pickle.dumps(_Boom(str(marker))))
+    return run
+
+
+def test_a_trial_folder_reads_results_params_and_never_unpickles(tmp_path):
+    run = trial(tmp_path, [_result(i, 4.0 / i, i) for i in range(1, 6)])
+    assert [r.run_id for r in discover([str(tmp_path)])] == [f"exp/{TRIAL}"]
+    ev, used, _ = read_run_dir(run, TRIAL)
+    assert used[0] == "ray_tune"
+    loss = ev.metrics.filter(pl.col("key") == "loss")
+    assert loss["source"].unique().to_list() == ["ray_tune"] and loss.height == 5  # the JSONL/CSV copies lost the dedup
+    assert dict(loss.select("step", "value").iter_rows()) == {i: 4.0 / i for i in range(1, 6)}
+    keys = set(ev.metrics.filter(pl.col("source") == "ray_tune")["key"])
+    assert keys == {"loss", "mean_accuracy", "time_this_iter_s", "time_total_s", "val.loss"}
+    assert ev.metrics.filter(pl.col("key") == "val.loss")["split"].unique().to_list() == ["val"]
+    params = ev.params.filter(pl.col("source") == "ray_tune")
+    assert dict(params.select("key", "value").iter_rows()) == {"lr": "0.01", "seed": "3", "model.width": "64"}
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def test_a_restored_trial_keeps_the_attempt_it_continued_from(tmp_path):
+    results = [_result(i, 4.0 / i, i) for i in range(1, 6)] + [_result(i, 9.0 + i, i - 3) for i in range(4, 8)]
+    run = trial(tmp_path, results)
+    data = READERS["ray_tune"].read(run, READERS["ray_tune"].detect(run))
+    loss = dict(data.metrics.filter(pl.col("key") == "loss").select("step", "value").iter_rows())
+    assert loss == {1: 4.0, 2: 2.0, 3: 4.0 / 3, 4: 13.0, 5: 14.0, 6: 15.0, 7: 16.0}
+    assert data.events.select("step", "kind", "line").rows() == [(4, "restart", 6)]
+
+
+def test_a_failed_trial_gives_its_traceback(tmp_path):
+    error = (
+        "Failure # 1 (occurred at 2024-01-01_12-00-10)\n"
+        "ray::ImplicitFunc.train() (pid=4242, ip=127.0.0.1, actor_id=abc, repr=train_fn)\n"
+        '  File "/usr/lib/python3/site-packages/ray/tune/trainable/trainable.py", line 331, in train\n'
+        "    raise skipped from exception_cause(skipped)\n"
+        '  File "/work/train.py", line 20, in train_fn\n'
+        "    raise ValueError('lr too high')\n"
+        "ValueError: lr too high\n"
+    )
+    run = trial(tmp_path, [_result(i, 4.0 / i, i) for i in range(1, 3)], error=error)
+    data = READERS["ray_tune"].read(run, READERS["ray_tune"].detect(run))
+    assert data.events.select("step", "kind", "text", "file", "line").rows() == [
+        (
+            2,
+            "traceback",
+            'ValueError: lr too high | File "/usr/lib/python3/site-packages/ray/tune/trainable/trainable.py", line 331, in train',
+            "error.txt",
+            3,
+        )
+    ]
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def test_a_trial_that_failed_before_reporting_is_an_unreadable_run_with_its_error(tmp_path):
+    run = tmp_path / "exp" / TRIAL
+    run.mkdir(parents=True)
+    (run / "params.json").write_text(json.dumps({"lr": 0.5}))
+    (run / "error.txt").write_text(
+        "Failure # 1 (occurred at 2024-01-01_12-00-10)\nTraceback (most recent call last):\n"
+        '  File "train.py", line 9, in <module>\ntorch.OutOfMemoryError: CUDA out of memory.\n'
+    )
+    assert [r.run_id for r in discover([str(tmp_path)])] == [f"exp/{TRIAL}"]
+    ev, _, _ = read_run_dir(run, TRIAL)
+    assert ev.runs["status"][0] == "unreadable"
+    assert ev.events["kind"].to_list() == ["traceback", "oom"]
+    assert dict(ev.params.select("key", "value").iter_rows()) == {"lr": "0.5"}
