@@ -18,6 +18,7 @@ from mldebug_ray.detectors import SweepTables, run_sweep_detectors
 from mldebug_ray.evidence.io import atomic_write_bytes, write_table
 from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
+from mldebug_ray.render.report_html import write_report_html
 from mldebug_ray.render.report_md import render_markdown, terminal_summary
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class PipelineResult:
             "evidence": self.out_dir / paths.EVIDENCE_DIR,
             "diagnosis": self.out_dir / paths.DIAGNOSIS_FILE,
             "report_md": self.out_dir / paths.REPORT_MD,
+            "report_html": self.out_dir / paths.REPORT_HTML,
         }
 
 
@@ -98,6 +100,9 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
 
     t0 = time.perf_counter()
     diagnosis = diagnose(out_dir, cfg.agent)
+    # report.html first, so diagnosis.json can point at it (report.md if rendering failed)
+    html_ok = write_report_html(out_dir, diagnosis, sweep.name)
+    diagnosis.setdefault("analysis_artifacts", {})["report"] = paths.REPORT_HTML if html_ok else paths.REPORT_MD
     atomic_write_bytes(out_dir / paths.DIAGNOSIS_FILE, rules.dumps(diagnosis).encode())
     atomic_write_bytes(out_dir / paths.REPORT_MD, render_markdown(diagnosis, sweep.name).encode())
     timings["diagnose_s"] = time.perf_counter() - t0
