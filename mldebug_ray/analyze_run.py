@@ -20,6 +20,7 @@ from mldebug_ray.detectors.base import RunEvidence
 from mldebug_ray.discover import RunRef
 from mldebug_ray.evidence.io import write_table
 from mldebug_ray.findings import SEVERITY_RANK, findings_frame
+from mldebug_ray.fingerprint import config_digest, run_fingerprint
 from mldebug_ray.gather import read_run_dir
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class RunSummary:
     n_findings: int
     worst_severity: str | None
     elapsed_s: float
+    cached: bool = False
 
 
 def scan_checkpoints(ev: RunEvidence, run_dir: Path, cfg: MainConfig, problems: list[str]) -> pl.DataFrame:
@@ -64,10 +66,37 @@ def scan_checkpoints(ev: RunEvidence, run_dir: Path, cfg: MainConfig, problems: 
     return schema.validate("layers", pl.concat(parts, how="vertical_relaxed"))
 
 
-def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path) -> RunSummary:
-    """Read, probe and detect on one run and write its evidence parts under `out_dir`."""
+def cached_summary(run: RunRef, out_dir: Path, fingerprint: str) -> RunSummary | None:
+    """The summary of a run whose parts from an earlier invocation match `fingerprint`."""
+    key = paths.part_key(run.run_id)
+    runs_part = paths.part_path(out_dir, "runs", key)
+    findings_part = paths.part_path(out_dir, "findings", key)
+    if not (runs_part.is_file() and findings_part.is_file()):
+        return None
+    try:
+        row = pl.read_parquet(runs_part).row(0, named=True)
+        severities = pl.read_parquet(findings_part, columns=["severity"])["severity"].to_list()
+    except Exception:  # a damaged cache entry is recomputed, never trusted
+        return None
+    if row.get("fingerprint") != fingerprint or row.get("run_id") != run.run_id:
+        return None
+    worst = min(severities, key=SEVERITY_RANK.__getitem__, default=None)
+    return RunSummary(run.run_id, row["status"], row["reason"], len(severities), worst, 0.0, cached=True)
+
+
+def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None = None) -> RunSummary:
+    """Read, probe and detect on one run and write its evidence parts under `out_dir`.
+
+    When `previous_fingerprint` (from this out_dir's `runs` table) equals the run's
+    fingerprint now, the parts on disk are reused and nothing is recomputed.
+    """
     started = time.perf_counter()
     key = paths.part_key(run.run_id)
+    fingerprint = run_fingerprint(Path(run.path), config_digest(cfg.probes, cfg.detectors))
+    if previous_fingerprint == fingerprint:
+        cached = cached_summary(run, out_dir, fingerprint)
+        if cached is not None:
+            return cached
     try:
         ev, _, problems = read_run_dir(Path(run.path), run.run_id)
         ev.layers = scan_checkpoints(ev, Path(run.path), cfg, problems)
@@ -81,7 +110,7 @@ def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path) -> RunSummary:
             "checkpoints": ev.checkpoints,
             "layers": ev.layers,
             "findings": findings_frame(findings),
-            "runs": ev.runs,
+            "runs": ev.runs.with_columns(pl.lit(fingerprint).alias("fingerprint")),
         }
     except Exception as exc:  # the run is marked, the sweep goes on
         log.error("%s: analysis failed: %s", run.run_id, traceback.format_exc(limit=3))
@@ -121,7 +150,8 @@ def mark_unreadable(run: RunRef, out_dir: Path, reason: str) -> RunSummary:
     return RunSummary(run.run_id, "unreadable", reason, 0, None, 0.0)
 
 
-def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str) -> list[RunSummary]:
+def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str, previous: dict[str, str] | None = None) -> list[RunSummary]:
     """A batch of runs in one task (tiny runs would drown in per-task overhead)."""
     logging.basicConfig(level=logging.INFO)
-    return [analyze_run(run, cfg, Path(out_dir)) for run in runs]
+    previous = previous or {}
+    return [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id)) for run in runs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from mldebug_ray.config import one_line, register_configs, to_config
 from mldebug_ray.errors import ConfigError
-from mldebug_ray.errors import EXIT_BAD_INVOCATION
+from mldebug_ray.errors import EXIT_BAD_INVOCATION, EXIT_INTERRUPTED
 
 log = logging.getLogger("mldebug_ray")
 
@@ -67,9 +68,18 @@ def task(cfg: DictConfig) -> None:
         log.error("%s", exc)
         print(f"mldebug_ray: error: {exc}", file=sys.stderr)
         _exit_code = EXIT_BAD_INVOCATION
+    except KeyboardInterrupt:
+        # Parts already written are complete (atomic); a rerun with the same out_dir resumes.
+        print("mldebug_ray: interrupted; rerun with the same out_dir to resume", file=sys.stderr)
+        _exit_code = EXIT_INTERRUPTED
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwinds through ray_cluster's finally: Ray is shut down, not orphaned
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     register_configs()
     try:
         conf = config_dir()

@@ -3,6 +3,7 @@
 EXIT_OK = 0
 EXIT_UNREADABLE_RUNS = 1  # analysis complete, some runs could not be read (SPEC §2)
 EXIT_BAD_INVOCATION = 2
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: what was written is complete; rerun to resume
 
 
 class MldebugError(Exception):

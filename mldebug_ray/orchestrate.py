@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +15,7 @@ from mldebug_ray.analyze_run import RunSummary, analyze_runs, mark_unreadable
 from mldebug_ray.config import ClusterConfig, MainConfig
 from mldebug_ray.discover import RunRef
 from mldebug_ray.errors import ConfigError
+from mldebug_ray.evidence.io import scan_table
 from mldebug_ray.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -40,12 +43,17 @@ def ray_cluster(cfg: ClusterConfig) -> Iterator[None]:
             raise ConfigError(f"cluster.address is not set (cluster={cfg.kind}) and RAY_ADDRESS is empty")
         kwargs = dict(address=address, logging_level=logging.WARNING)
         use_token_auth_if_available()
+    own_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
         hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
             " (a cluster with token auth needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
         raise ConfigError(f"cluster.address: cannot connect to Ray at {kwargs.get('address')}: {exc}{hint}") from None
+    if threading.current_thread() is threading.main_thread() and own_sigterm not in (None, signal.SIG_DFL):
+        # ray.init replaces the driver's SIGTERM handler with sys.exit(15); keep the app's own,
+        # which unwinds through the finally below and ends with the "rerun to resume" status.
+        signal.signal(signal.SIGTERM, own_sigterm)
     try:
         yield
     finally:
@@ -91,6 +99,7 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
     max_in_flight = cfg.cluster.max_in_flight or 2 * cpus
     remote = ray.remote(num_cpus=1, max_retries=cfg.cluster.task_max_retries)(analyze_runs)
     cfg_ref = ray.put(cfg)
+    previous = previous_fingerprints(out_dir)
     progress = Progress(len(runs), cfg.progress)
     log.info("analysing %d runs in %d tasks on %d CPUs (at most %d in flight)", len(runs), len(batches), cpus, max_in_flight)
     pending: dict = {}
@@ -99,7 +108,8 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
     while queue or pending:
         while queue and len(pending) < max_in_flight:
             batch = queue.pop()
-            pending[remote.remote(batch, cfg_ref, str(out_dir))] = batch
+            known = {r.run_id: previous[r.run_id] for r in batch if r.run_id in previous}
+            pending[remote.remote(batch, cfg_ref, str(out_dir), known)] = batch
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             batch = pending.pop(ref)
@@ -112,4 +122,17 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
             summaries.extend(result)
             progress.update(len(result), sum(1 for s in result if s.status == "unreadable"))
     progress.close()
+    reused = sum(1 for s in summaries if s.cached)
+    if reused:
+        log.info("reused the cached evidence of %d of %d runs (unchanged files and config)", reused, len(runs))
     return summaries
+
+
+def previous_fingerprints(out_dir: Path) -> dict[str, str]:
+    """run_id -> fingerprint from an earlier invocation's `runs` table in `out_dir`."""
+    try:
+        frame = scan_table(out_dir, "runs").select("run_id", "fingerprint").drop_nulls().collect()
+    except Exception as exc:  # an unreadable cache costs a recompute, nothing more
+        log.warning("ignoring the cached runs table in %s: %s", out_dir, exc)
+        return {}
+    return dict(zip(frame["run_id"].to_list(), frame["fingerprint"].to_list()))

@@ -15,7 +15,7 @@ from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
 from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
 from mldebug_ray.detectors import SweepTables, run_sweep_detectors
-from mldebug_ray.evidence.io import atomic_write_bytes, write_table
+from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, write_table
 from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
 from mldebug_ray.render.report_html import write_report_html
@@ -86,10 +86,14 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
     if not runs:
         raise ConfigError(f"sweep.roots: no run directories (no metrics source) under {', '.join(sweep.roots)}")
 
+    remove_temp_files(out_dir)
     t0 = time.perf_counter()
     with ray_cluster(cfg.cluster):
         summaries = fan_out(runs, cfg, out_dir)
     timings["analyze_s"] = time.perf_counter() - t0
+    stale = remove_stale_parts(out_dir, {paths.part_key(r.run_id) for r in runs})
+    if stale:
+        log.info("removed %d evidence parts of runs no longer in the sweep", stale)
 
     t0 = time.perf_counter()
     sweep_findings, problems = run_sweep_detectors(SweepTables(out_dir), cfg.detectors)

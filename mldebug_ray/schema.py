@@ -30,6 +30,9 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "n_metrics": pl.Int64,
         "n_checkpoints": pl.Int64,
         "read_time_s": pl.Float64,
+        # Hash of the run's files (names, sizes, mtimes) and the config that shapes its
+        # evidence; a rerun on the same out_dir skips runs whose fingerprint is unchanged.
+        "fingerprint": pl.String,
     },
     "params": {
         "run_id": pl.String,
@@ -170,7 +173,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 }
 
 OPTIONAL: dict[str, frozenset[str]] = {
-    "runs": frozenset({"n_metrics", "n_checkpoints", "read_time_s"}),
+    "runs": frozenset({"n_metrics", "n_checkpoints", "read_time_s", "fingerprint"}),
     "params": frozenset({"source"}),
     "metrics": frozenset({"wall_time_s", "split", "source"}),
     "events": frozenset({"step", "file", "line"}),

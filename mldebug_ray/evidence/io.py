@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -56,3 +57,34 @@ def scan_table(out_dir: Path, table: str) -> pl.LazyFrame:
 def read_table(out_dir: Path, table: str) -> pl.DataFrame:
     """Every part of `table` as one frame with the declared schema."""
     return scan_table(out_dir, table).collect()
+
+
+_RUN_PART = re.compile(r"^part-([0-9a-f]{16})\.parquet$")
+
+
+def remove_temp_files(out_dir: Path) -> int:
+    """Delete temp files an interrupted writer left behind (never visible to readers)."""
+    root = Path(out_dir) / paths.EVIDENCE_DIR
+    removed = 0
+    if root.is_dir():
+        for tmp in root.rglob(f".*{paths.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_stale_parts(out_dir: Path, keep_keys: set[str]) -> int:
+    """Delete per-run parts of runs no longer in the sweep (so their rows do not linger).
+
+    Only files named like a run part (`part-<16 hex>.parquet`) are considered; sweep-level
+    parts ("part-sweep.parquet") and anything else are left alone.
+    """
+    root = Path(out_dir) / paths.EVIDENCE_DIR
+    removed = 0
+    if root.is_dir():
+        for part in root.rglob("part-*.parquet"):
+            match = _RUN_PART.match(part.name)
+            if match and match.group(1) not in keep_keys:
+                part.unlink(missing_ok=True)
+                removed += 1
+    return removed
