@@ -19,6 +19,7 @@ def test_wheel_install_runs_the_app_from_elsewhere(tmp_path, jsonl_run):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
     assert (target / "mldebug_ray" / "conf" / "config.yaml").is_file()
     assert not (target / "mldebug_ray" / "conf").is_symlink()
+    assert (target / "mldebug_ray" / "agent" / "prompts" / "ml-debugger-specialist.prompt").is_file()
     jsonl_run(tmp_path / "runs" / "a", [2.0, 1.5, 1.2, 1.0])
     env = {**os.environ, "PYTHONPATH": str(target)}
     where = subprocess.run([sys.executable, "-c", "import mldebug_ray; print(mldebug_ray.__file__)"], env=env, cwd=tmp_path, capture_output=True, text=True)
