@@ -29,11 +29,13 @@ Reading
 -------
 Streamed in 1 MiB chunks, split on `\\n` and on `\\r` (progress bars redraw with `\\r`;
 the `line` column counts `\\n` only). A line longer than 64 KiB is skipped (noted with
-its line number): memory stays bounded whatever the file holds. Bytes that are not
-UTF-8 are replaced (noted). A rank prefix (`[default7]:`, `[rank3]:`, `[1,0]<stdout>:`,
-srun's `3: `) is removed before matching; metrics are taken from one rank only (the
-first prefix seen on a metric line; lines without a prefix always count), events from
-every rank.
+its line number): memory stays bounded whatever the file holds (rows are kept in
+typed arrays with interned keys, at most 50,000 distinct keys). Bytes that are not
+UTF-8 are replaced (noted); a log-named file that cannot be opened is still returned
+by detect() so that the run's reason says why. A rank prefix (`[default7]:`,
+`[rank3]:`, `[1,0]<stdout>:`, srun's `3: `) is removed before matching; metrics are
+taken from one rank only (the first prefix seen on a metric line; lines without a
+prefix always count), events from every rank.
 
 A pasted training script is not log output (modded-nanogpt logs start with the whole
 script source): if the first line is a `====...` separator, everything up to the next
@@ -52,9 +54,10 @@ punctuation to `_`, a unit in parentheses or glued to the number appended
 `train_time:462086ms` -> `train_time_ms`), then renamed where a tool abbreviates
 (llm.c `trl` -> `train_loss`, `tel` -> `val_loss`, `norm` -> `grad_norm`); validation
 lines of Megatron get the prefix `val_` (`val_lm_loss`), so that a train and a
-validation value of one iteration never share a (step, key). The split is the line's
-where the line says it (Megatron iteration lines: train, validation lines: val), else
-from the key (`infer_split`). Within this reader a (step, key) logged twice keeps the
+validation value of one iteration never share a (step, key). The split is the one the
+line states (Megatron iteration lines: train, validation lines: val), else the key's
+(`infer_split`). Lines without a step (generic `loss: X`) take the last step seen;
+Keras' `Epoch 3/10` lines only set that step. Within this reader a (step, key) logged twice keeps the
 first value (ranks and AlgoPerf's two eval lines repeat values; the first is the most
 precise). Placeholders: a timing value that is NaN (modded-nanogpt's `step_avg:nanms`
 before timing starts) and MLPerf's `final_loss: 0.0` are not values and are dropped;
@@ -90,8 +93,8 @@ that only names its step, like DeepSpeed's `[Rank 0] step=120, skipped=3, lr=[..
 except for overflow skips: DeepSpeed and apex print `OVERFLOW! ... Skipping step`
 while the iteration runs and Megatron/DeepSpeed print that iteration's line after it,
 so an overflow gets the step of the next line naming a step (at the end of the file:
-the last step seen). Identical warning
-lines are kept once per file with a repeat count; at most 10,000 events per file.
+the last step seen). Identical warning lines are kept once per file with a repeat
+count; at most 10,000 events per file.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ _TRIAL_SNIFF_BYTES = 65536
 CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 65536
 MAX_EVENTS_PER_FILE = 10_000
+MAX_KEYS = 50_000  # distinct metric keys per run: a bound on memory for logs that invent keys
 MAX_EVENT_TEXT = 500
 MAX_TRACEBACK_LINES = 500
 _TRIAL_DIR = re.compile(r"^trial_\d+$")
@@ -608,7 +612,8 @@ def _classify(path: Path) -> str:
         return "other"
     head = _head(path)
     if head is None:
-        return "other"
+        # Named like a log but unreadable (permissions): read() reports why.
+        return "other" if path.suffix.lower() == ".txt" else "log"
     if is_lfs_pointer(head):
         return "lfs"
     if b"\0" in head:
@@ -723,6 +728,7 @@ class _Collector:
         self.segments = array("i")
         self.keys: dict[tuple[str, str | None], int] = {}
         self.resolved: dict[str, dict[str, _Key | None]] = {}  # pattern name -> raw key[+unit] -> key
+        self.keys_capped = False
         self.segment = 0
         self.segment_max: int | None = None
         self.segment_starts: list[int] = []
@@ -730,9 +736,15 @@ class _Collector:
         self.params: dict[str, Any] = {}
         self.problems: list[str] = []
 
-    def key_id(self, key: str, split: str | None) -> int:
+    def key_id(self, key: str, split: str | None) -> int | None:
+        """The interned id of (key, split); None once MAX_KEYS distinct keys exist (noted once)."""
         kid = self.keys.get((key, split))
         if kid is None:
+            if len(self.keys) >= MAX_KEYS:
+                if not self.keys_capped:
+                    self.keys_capped = True
+                    self.problems.append(f"more than {MAX_KEYS} distinct metric keys; values of further keys dropped")
+                return None
             kid = self.keys[(key, split)] = len(self.keys)
         return kid
 
@@ -901,9 +913,12 @@ class LogParser:
             key = base + _UNITS.get(unit, "")
             key = pattern.prefix + pattern.rename.get(key, key)
             split = pattern.split if pattern.split is not None else infer_split(key)
+            kid = self.c.key_id(key, split)
+            if kid is None:
+                return None
             resolved = _Key(
                 key=key,
-                kid=self.c.key_id(key, split),
+                kid=kid,
                 timing=bool(_TIMING_KEY.search(key)),
                 placeholders=frozenset(v for k, v in PLACEHOLDERS if k == key),
                 loss_like=bool(_GENERIC_NEEDS.search(key)),

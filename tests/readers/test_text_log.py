@@ -373,3 +373,30 @@ def test_a_line_naming_only_its_step_dates_the_overflow_before_it(tmp_path):
     data = _read(_write(tmp_path / "train.log", lines).parent)
     assert data.metrics.height == 0
     assert data.events.select("step", "kind").rows() == [(5, "overflow_skip"), (5, "traceback")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_log_is_a_clear_reason(tmp_path):
+    path = _write(tmp_path / "train.log", ["step:1/2 train_loss:3.0"])
+    path.chmod(0)
+    try:
+        ev, _, problems = read_run_dir(tmp_path, "run")
+    finally:
+        path.chmod(0o644)
+    assert ev.runs["status"][0] == "unreadable"
+    assert problems == ["train.log: Permission denied"]
+
+
+def test_an_empty_log_reads_as_a_run_without_values(tmp_path):
+    (tmp_path / "train.log").write_bytes(b"")
+    ev, used, problems = read_run_dir(tmp_path, "run")
+    assert used == ["text_log"] and ev.runs["status"][0] == "unreadable"
+    assert problems == [f"{tmp_path}: metrics sources hold no values"]
+
+
+def test_a_log_inventing_keys_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(text_log, "MAX_KEYS", 3)
+    lines = [f"step:{s}/9 train_loss:1.0 k{s}:2.0" for s in range(1, 6)]
+    data = _read(_write(tmp_path / "train.log", lines).parent)
+    assert sorted(data.metrics["key"].unique()) == ["k1", "k2", "train_loss"]
+    assert data.problems == ["more than 3 distinct metric keys; values of further keys dropped"]
