@@ -21,7 +21,8 @@ Ownership (other readers also claim some of these files; gather keeps, for each
   traceback, or a Ray task error: `ray::ImplicitFunc.train() (pid=...)`, frames, the
   exception line): events via the text-log library (a `traceback` event, `oom` if it
   is one); a Ray task error becomes a `traceback` event (exception line | first
-  frame); anything else one `error` event with its first line. Its step is the last
+  frame | innermost frame, as the text-log library writes them); anything else one
+  `error` event with its first line. Its step is the last
   step reported.
 - `params.pkl`, `error.pkl`, `checkpoint_*/`: pickles and checkpoints; never loaded
   (`error.pkl` without `error.txt` gives an `error` event saying only that it exists).
@@ -163,16 +164,18 @@ def _task_traceback(path: Path) -> tuple[str, int] | None:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[:MAX_ERROR_LINES]
     except OSError:
         return None
-    first_frame = start = None
+    first_frame = last_frame = start = None
     exception = None
     for number, line in enumerate(lines, start=1):
         if _FRAME.match(line):
             first_frame = first_frame or line.strip()
+            last_frame = line.strip()
             start = start or number
         elif first_frame and line.strip() and not line[:1].isspace():
             exception = line.strip()
     if first_frame and exception:
-        return f"{exception} | {first_frame}", start
+        frames = [first_frame] + ([last_frame] if last_frame != first_frame else [])
+        return " | ".join([exception] + frames), start
     return None
 
 

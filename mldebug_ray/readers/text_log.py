@@ -32,7 +32,7 @@ the `line` column counts `\\n` only). A line longer than 64 KiB is skipped (note
 its line number): memory stays bounded whatever the file holds (rows are kept in
 typed arrays with interned keys, at most 50,000 distinct keys). Bytes that are not
 UTF-8 are replaced (noted); a log-named file that cannot be opened is still returned
-by detect() so that the run's reason says why. A rank prefix (`[default7]:`,
+by detect() so that the run's reason says why. Terminal colour codes are removed. A rank prefix (`[default7]:`,
 `[rank3]:`, `[1,0]<stdout>:`, srun's `3: `) is removed before matching; metrics are
 taken from one rank only (the first prefix seen on a metric line; lines without a
 prefix always count), events from every rank.
@@ -505,6 +505,7 @@ _RANK_PREFIX = re.compile(r"^(?:\[(?:default|rank|Rank)\s?(\d+)\]:\s?|\[(\d+),\d
 _SEPARATOR = re.compile(r"^={20,}\s*$")
 _PY_SOURCE_START = re.compile(r"^(?:#!|import \w|from [\w.]+ import |\"\"\"|'''|# -\*- coding)")
 _PROGRESS = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colours (Ray, rich, coloured loggers)
 
 # ---------------------------------------------------------------------------- user patterns
 
@@ -1037,6 +1038,8 @@ class LogParser:
     # -- lines
     def feed(self, raw: str, line_no: int | None) -> None:
         """One line (terminator removed)."""
+        if "\x1b" in raw:
+            raw = _ANSI.sub("", raw)
         rank, text = _strip_rank(raw) if raw[:1] == "[" or raw[:1].isdigit() else ("", raw)
         if self.state != "log":
             if self.state == "start":

@@ -1,4 +1,4 @@
-"""The Ray Tune reader on trial folders laid out as Tune writes them (result.json lines, params.json, error.txt, pickles)."""
+"""The Ray Tune reader: a real Tune experiment (tests/data/ray_tune, written by ray 2.60.0) and hand-made trial folders."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import pickle
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from mldebug_ray.discover import discover
 from mldebug_ray.gather import read_run_dir
 from mldebug_ray.readers import READERS
 
 TRIAL = "train_fn_8a2b1_00000_0_lr=0.0100_2024-01-01_12-00-00"
+REAL = Path(__file__).resolve().parents[1] / "data" / "ray_tune"
 
 
 class _Boom:
@@ -100,7 +102,8 @@ def test_a_failed_trial_gives_its_traceback(tmp_path):
         (
             2,
             "traceback",
-            'ValueError: lr too high | File "/usr/lib/python3/site-packages/ray/tune/trainable/trainable.py", line 331, in train',
+            'ValueError: lr too high | File "/usr/lib/python3/site-packages/ray/tune/trainable/trainable.py", line 331, in train'
+            ' | File "/work/train.py", line 20, in train_fn',
             "error.txt",
             3,
         )
@@ -121,3 +124,31 @@ def test_a_trial_that_failed_before_reporting_is_an_unreadable_run_with_its_erro
     assert ev.runs["status"][0] == "unreadable"
     assert ev.events["kind"].to_list() == ["traceback", "oom"]
     assert dict(ev.params.select("key", "value").iter_rows()) == {"lr": "0.5"}
+
+
+def test_a_real_tune_experiment_reads_both_trials(tmp_path):
+    """tests/data/ray_tune/exp: a grid of two trials written by ray.tune 2.60.0; the lr=0.9 trial raised at iteration 3."""
+    runs = discover([str(REAL)])
+    assert [r.run_id for r in runs] == [
+        "exp/train_fn_4d29b_00000_0_lr=0.0100_2026-11-24_23-32-23",
+        "exp/train_fn_4d29b_00001_1_lr=0.9000_2026-11-24_23-32-24",
+    ]
+    good, failed = (Path(r.path) for r in runs)
+    ev, used, problems = read_run_dir(good, good.name)
+    assert used[0] == "ray_tune" and problems == [] and ev.runs["status"][0] == "ok"
+    loss = dict(ev.metrics.filter(pl.col("key") == "loss").select("step", "value").iter_rows())
+    assert loss == pytest.approx({i: 4.0 / i * 1.01 for i in range(1, 6)})
+    assert dict(ev.metrics.filter(pl.col("key") == "val.loss").select("step", "split").iter_rows()) == {i: "val" for i in range(1, 6)}
+    assert dict(ev.params.filter(pl.col("source") == "ray_tune").select("key", "value").iter_rows()) == {"lr": "0.01", "seed": "3"}
+    assert ev.events.height == 0
+    ev, _, problems = read_run_dir(failed, failed.name)
+    assert problems == [] and ev.metrics.filter(pl.col("key") == "loss")["step"].to_list() == [1, 2]
+    assert ev.events.select("step", "kind", "text").rows() == [
+        (
+            2,
+            "traceback",
+            "ValueError: lr too high: loss diverged"
+            ' | File "/work/main/.venv/lib/python3.11/site-packages/ray/tune/trainable/trainable.py", line 329, in train'
+            ' | File "/tmp/tune_fx/gen.py", line 6, in train_fn',
+        )
+    ]

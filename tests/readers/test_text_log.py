@@ -400,3 +400,10 @@ def test_a_log_inventing_keys_is_capped(tmp_path, monkeypatch):
     data = _read(_write(tmp_path / "train.log", lines).parent)
     assert sorted(data.metrics["key"].unique()) == ["k1", "k2", "train_loss"]
     assert data.problems == ["more than 3 distinct metric keys; values of further keys dropped"]
+
+
+def test_terminal_colour_codes_are_removed_before_matching(tmp_path):
+    lines = ["\x1b[32mstep:1/2 train_loss:3.0\x1b[0m", "\x1b[33mUserWarning: \x1b[1mcoloured\x1b[0m"]
+    data = _read(_write(tmp_path / "train.log", lines).parent)
+    assert data.metrics.select("step", "key", "value").rows() == [(1, "train_loss", 3.0)]
+    assert data.events.select("kind", "text").rows() == [("warning", "UserWarning: coloured")]
