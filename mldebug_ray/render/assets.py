@@ -55,7 +55,7 @@ td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 .marks li { margin:2px 0; }
 .marks .n { display:inline-block; width:18px; height:16px; border-radius:3px; color:#fff; text-align:center; font-weight:700; font-size:11px; margin-right:6px; }
 #all-runs table { width:100%; background:#fff; }
-#all-runs td.rid { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:12px; word-break:break-all; }
+#all-runs td.rid { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:12px; min-width:16em; max-width:34em; overflow-wrap:anywhere; }
 .pager { display:flex; gap:8px; align-items:center; margin:8px 0; font-size:13px; }
 details.guide { background:#fff; border:1px solid var(--line); border-radius:6px; margin:6px 0; padding:4px 12px; }
 details.guide > summary { cursor:pointer; font-weight:600; }

@@ -635,7 +635,7 @@ def load_sweep_panels(out_dir: Path, diagnosis: dict[str, Any], cfg: HtmlConfig)
                 boundary = math.sqrt(vals[0] * vals[1])
             elif vals:
                 boundary = sum(vals) / len(vals)
-        wanted.append((key, runs, f"{key} vs outcome — {cause['kind']}", cause["issue"], i, boundary))
+        wanted.append((key, runs, f"{key} vs outcome — {cause['kind']}", f"the runs the {cause['kind']} finding compares", i, boundary))
     # 2. slices by categorical parameters.
     slices: dict[tuple, list[str]] = defaultdict(list)
     for rid in diagnosis["runs"]:

@@ -113,12 +113,13 @@ def _plot_for_cause(cause: dict[str, Any], view: RunView | None) -> str | None:
     return "loss" if "loss" in panels else panels[0]
 
 
-def _evidence_table(evidence: list[dict[str, Any]], limit: int) -> str:
+def _evidence_table(evidence: list[dict[str, Any]], limit: int, show_run_id: bool) -> str:
+    """The cited rows; inside a run's panel its run_id is implied and left out."""
     if not evidence:
         return ""
     rows = []
     for ev in evidence[:limit]:
-        where = ", ".join(f"{k}={v}" for k, v in ev.get("where", {}).items() if k != "run_id")
+        where = ", ".join(f"{k}={v}" for k, v in ev.get("where", {}).items() if show_run_id or k != "run_id")
         rows.append(f"<tr><td><code>{e(ev.get('table'))}</code></td><td><code>{e(where)}</code></td>"
                     f"<td class=num>{e(_value_text(ev.get('value')))}</td><td>{e(ev.get('text'))}</td></tr>")
     more = f'<tr><td colspan=4 class=muted>{len(evidence) - limit} more in diagnosis.json</td></tr>' if len(evidence) > limit else ""
@@ -130,7 +131,7 @@ def _guide_link(kind: str) -> str:
     return f'<a href="#guide-{e(kind)}" title="{e(GUIDE_PATH_TEMPLATE.format(kind=kind))}">guide: {e(kind)}</a>'
 
 
-def _cause_card(cause: dict[str, Any], card_id: str, plot_id: str | None, cfg: HtmlConfig) -> str:
+def _cause_card(cause: dict[str, Any], card_id: str, plot_id: str | None, cfg: HtmlConfig, show_run_id: bool = False) -> str:
     onset = f" · from step {cause['onset_step']}" if cause.get("onset_step") is not None else ""
     links = [f'<a href="#{e(plot_id)}">plot</a>'] if plot_id else []
     links.append(_guide_link(cause["kind"]))
@@ -143,7 +144,7 @@ def _cause_card(cause: dict[str, Any], card_id: str, plot_id: str | None, cfg: H
         f'<div class=head>{_badge(cause["severity"])}<span class=kind>{e(cause["kind"])}</span>'
         f'<span class=muted>confidence {cause.get("confidence", 0):.2f}{e(onset)}</span><span class=links>{"".join(links)}</span></div>'
         f"<div>{e(cause.get('issue'))}</div>"
-        + _evidence_table(cause.get("evidence", []), cfg.max_evidence_rows)
+        + _evidence_table(cause.get("evidence", []), cfg.max_evidence_rows, show_run_id)
         + (f"<dl>{fields}</dl>" if fields else "")
         + "</div>"
     )
@@ -303,7 +304,7 @@ def _sweep_section(diagnosis: dict[str, Any], panels: list[HpPanel], cfg: HtmlCo
     parts = []
     if causes:
         for i, cause in enumerate(causes):
-            parts.append(_cause_card(cause, f"sweep-c{i}", plot_of.get(i, "sweep-hp-0" if panels else None), cfg))
+            parts.append(_cause_card(cause, f"sweep-c{i}", plot_of.get(i, "sweep-hp-0" if panels else None), cfg, show_run_id=True))
     else:
         parts.append("<p class=muted>No sweep-level findings (seed sensitivity, hyperparameter effects, instability boundaries) were reported.</p>")
     if panels:

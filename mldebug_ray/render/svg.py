@@ -40,6 +40,8 @@ FONT = "font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',sans-serif"
 # A log y axis once the finite values span this many decades (a grad-norm blow-up to 1e19
 # flattens every healthy step onto the x axis of a linear plot).
 LOG_SPAN_DECADES = 3.0
+# A heatmap whose values span more decades than this gets a percentile-clipped colour scale.
+HEATMAP_CLIP_DECADES = 6.0
 
 
 def attr(text: object) -> str:
@@ -438,6 +440,13 @@ def heatmap(
         logs = np.where(np.isfinite(matrix) & (matrix > 0), np.log10(np.where(matrix > 0, matrix, 1)), np.nan)
     finite = logs[np.isfinite(logs)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    clipped_lo = clipped_hi = False
+    if hi - lo > HEATMAP_CLIP_DECADES:
+        # A blow-up to 1e18 in the last columns would flatten every earlier cell to one colour:
+        # the colour scale spans the 2nd..98th percentile and the extremes saturate.
+        p_lo, p_hi = (float(v) for v in np.percentile(finite, [2, 98]))
+        clipped_lo, clipped_hi = p_lo > lo, p_hi < hi
+        lo, hi = p_lo, p_hi
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     rgb = colormap((np.nan_to_num(logs, nan=lo) - lo) / (hi - lo))
@@ -484,8 +493,8 @@ def heatmap(
     bar_b64 = base64.b64encode(png_rgb(bar)).decode()
     out.append(f'<image x="{frame.x0}" y="{bar_y}" width="160" height="9" preserveAspectRatio="none" href="data:image/png;base64,{bar_b64}"/>')
     out.append(f'<text x="{frame.x0 - 5}" y="{bar_y + 8}" font-size="10" text-anchor="end" fill="#444">{attr(value_label)}</text>')
-    out.append(f'<text x="{frame.x0}" y="{bar_y + 20}" font-size="9.5" fill="#444">{fmt_num(10 ** lo)}</text>')
-    out.append(f'<text x="{frame.x0 + 160}" y="{bar_y + 20}" font-size="9.5" text-anchor="end" fill="#444">{fmt_num(10 ** hi)}</text>')
+    out.append(f'<text x="{frame.x0}" y="{bar_y + 20}" font-size="9.5" fill="#444">{"≤" if clipped_lo else ""}{fmt_num(10 ** lo)}</text>')
+    out.append(f'<text x="{frame.x0 + 160}" y="{bar_y + 20}" font-size="9.5" text-anchor="end" fill="#444">{"≥" if clipped_hi else ""}{fmt_num(10 ** hi)}</text>')
     out.append(f'<rect x="{frame.x0 + 180}" y="{bar_y}" width="9" height="9" fill="{NONFINITE_COLOR}"/><text x="{frame.x0 + 193}" y="{bar_y + 8}" font-size="10" fill="#444">NaN/Inf</text>')
     out.append(f'<rect x="{frame.x0 + 250}" y="{bar_y}" width="9" height="9" fill="#e1e1e1" stroke="#bbb"/><text x="{frame.x0 + 263}" y="{bar_y + 8}" font-size="10" fill="#444">not logged</text>')
     out.append(f'<text x="{frame.x1}" y="{bar_y + 8}" font-size="10" text-anchor="end" fill="#666">step</text>')
