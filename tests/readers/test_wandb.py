@@ -1,6 +1,6 @@
-"""The W&B reader on offline run folders written by hand in W&B's formats (the wandb package is not installed here).
+"""The W&B reader: a real offline run (tests/data/wandb, written by wandb 0.31.0) and folders written here by hand.
 
-The `.wandb` files are written exactly as wandb/sdk/internal/datastore.py does: a `:W&B` header (magic 0xBEE1,
+The hand-made `.wandb` files are written exactly as wandb/sdk/internal/datastore.py does: a `:W&B` header (magic 0xBEE1,
 version 0), LevelDB-log records in 32 KiB blocks (FULL/FIRST/MIDDLE/LAST, zero padding, CRC-32 seeded with the
 type byte), each a `wandb_internal.Record` protobuf encoded here field by field (wandb/proto/wandb_internal.proto).
 """
@@ -26,6 +26,7 @@ from mldebug_ray.readers import READERS
 from mldebug_ray.readers.wandb import read_transaction_log
 
 BLOCK = 32768
+REAL = Path(__file__).resolve().parents[1] / "data" / "wandb" / "offline-run-20261124_233518-r1dwlrk5"
 
 
 # ---- protobuf and framing, written independently of the reader
@@ -232,3 +233,23 @@ def test_a_resumed_run_gives_a_restart_event(tmp_path):
     data = READERS["wandb"].read(run, READERS["wandb"].detect(run))
     assert data.events.select("kind").to_series().to_list() == ["restart"]
     assert data.metrics.select("step", "key", "value").rows() == [(10, "loss", 1.0)]
+
+
+def test_a_real_offline_run_of_wandb_0_31_reads_from_its_transaction_log():
+    """wandb 0.31.0 offline writes no summary/config/metadata files: everything comes from run-<id>.wandb."""
+    assert [r.run_id for r in discover([str(REAL.parent)])] == [REAL.name]
+    ev, used, problems = read_run_dir(REAL, REAL.name)
+    assert used == ["wandb"] and problems == [] and ev.runs["status"][0] == "ok"
+    m = ev.metrics
+    loss = m.filter(pl.col("key") == "train/loss").sort("step")
+    assert loss["step"].to_list() == list(range(300))
+    assert math.isnan(loss["value"][5]) and loss["value"][7] == pytest.approx(2.965)  # step 7: a 3-block record
+    assert loss["value"][299] == pytest.approx(1.505) and loss["wall_time_s"][0] == pytest.approx(1795563319.965018)
+    assert dict(m.filter(pl.col("key") == "val/loss").select("step", "value").iter_rows()) == pytest.approx({0: 3.1, 100: 2.6, 200: 2.1})
+    assert set(m["key"]) == {"train/loss", "val/loss", "lr"}
+    params = dict(ev.params.select("key", "value").iter_rows())
+    assert params == {"lr": "0.001", "model.depth": "4", "seed": "7"}
+    assert ev.events.select("step", "kind", "text").rows() == [
+        (299, "error", "W&B run exited with code 1"),
+        (None, "warning", "UserWarning: printed to the console"),
+    ]
