@@ -16,17 +16,21 @@ import polars as pl
 from mldebug_ray import paths, schema
 from mldebug_ray.config import MainConfig
 from mldebug_ray.detectors import run_detectors
-from mldebug_ray.detectors.base import RunEvidence
 from mldebug_ray.discover import RunRef
 from mldebug_ray.evidence.io import write_table
 from mldebug_ray.findings import SEVERITY_RANK, findings_frame
 from mldebug_ray.fingerprint import config_digest, run_fingerprint
 from mldebug_ray.gather import read_run_dir
+from mldebug_ray.probes.run_probes import PROBE_TABLES, probe_run
 
 log = logging.getLogger(__name__)
 
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
-RUN_TABLES = ("params", "metrics", "events", "checkpoints", "layers", "findings", "runs")
+RUN_TABLES = (
+    "params", "metrics", "events", "checkpoints",
+    "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu",  # probes/run_probes.py PROBE_TABLES
+    "findings", "runs",
+)
 
 
 @dataclass(frozen=True)
@@ -42,40 +46,16 @@ class RunSummary:
     cached: bool = False
 
 
-def scan_checkpoints(ev: RunEvidence, run_dir: Path, cfg: MainConfig, problems: list[str]) -> pl.DataFrame:
-    """Per-tensor statistics (`layers`) for the newest readable checkpoints of the run."""
-    if not cfg.probes.checkpoint_stats or ev.checkpoints.height == 0:
-        return schema.empty("layers")
-    from mldebug_ray.probes.checkpoint_scan import scan_checkpoint
-
-    ok = ev.checkpoints.filter(pl.col("status").is_null() | (pl.col("status") == "ok"))
-    ok = ok.sort("step", nulls_last=False, descending=True)
-    if cfg.probes.max_checkpoints_per_run:
-        ok = ok.head(cfg.probes.max_checkpoints_per_run)
-    parts = []
-    for row in ok.iter_rows(named=True):
-        try:
-            stats = scan_checkpoint(run_dir, row["path"], row["format"])
-        except Exception as exc:  # a bad checkpoint is a problem of the run, not of the sweep
-            problems.append(f"{row['path']}: tensor statistics failed: {' '.join(str(exc).split())[:200]}")
-            continue
-        if stats.height:
-            parts.append(stats.with_columns(pl.lit(ev.run_id).alias("run_id"), pl.lit(row["step"], dtype=pl.Int64).alias("step")))
-    if not parts:
-        return schema.empty("layers")
-    return schema.validate("layers", pl.concat(parts, how="vertical_relaxed"))
-
-
 def cached_summary(run: RunRef, out_dir: Path, fingerprint: str) -> RunSummary | None:
     """The summary of a run whose parts from an earlier invocation match `fingerprint`."""
     key = paths.part_key(run.run_id)
     runs_part = paths.part_path(out_dir, "runs", key)
     findings_part = paths.part_path(out_dir, "findings", key)
-    if not (runs_part.is_file() and findings_part.is_file()):
+    if not runs_part.is_file():
         return None
     try:
         row = pl.read_parquet(runs_part).row(0, named=True)
-        severities = pl.read_parquet(findings_part, columns=["severity"])["severity"].to_list()
+        severities = pl.read_parquet(findings_part, columns=["severity"])["severity"].to_list() if findings_part.is_file() else []
     except Exception:  # a damaged cache entry is recomputed, never trusted
         return None
     if row.get("fingerprint") != fingerprint or row.get("run_id") != run.run_id:
@@ -84,7 +64,9 @@ def cached_summary(run: RunRef, out_dir: Path, fingerprint: str) -> RunSummary |
     return RunSummary(run.run_id, row["status"], row["reason"], len(severities), worst, 0.0, cached=True)
 
 
-def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None = None) -> RunSummary:
+def analyze_run(
+    run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None = None, config_fp: str | None = None
+) -> RunSummary:
     """Read, probe and detect on one run and write its evidence parts under `out_dir`.
 
     When `previous_fingerprint` (from this out_dir's `runs` table) equals the run's
@@ -92,14 +74,18 @@ def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprin
     """
     started = time.perf_counter()
     key = paths.part_key(run.run_id)
-    fingerprint = run_fingerprint(Path(run.path), config_digest(cfg.probes, cfg.detectors))
+    fingerprint = run_fingerprint(Path(run.path), config_fp or config_digest(cfg.probes, cfg.detectors))
     if previous_fingerprint == fingerprint:
         cached = cached_summary(run, out_dir, fingerprint)
         if cached is not None:
             return cached
     try:
         ev, _, problems = read_run_dir(Path(run.path), run.run_id)
-        ev.layers = scan_checkpoints(ev, Path(run.path), cfg, problems)
+        probe_problems: list[str] = []
+        for table, frame in probe_run(ev, Path(run.path), cfg.probes, probe_problems).items():
+            setattr(ev, table, frame)
+        for problem in probe_problems:
+            log.warning("%s: %s", run.run_id, problem)
         findings, detector_problems = run_detectors(ev, cfg.detectors)
         for problem in detector_problems:
             log.warning("%s: %s", run.run_id, problem)
@@ -108,7 +94,7 @@ def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprin
             "metrics": ev.metrics,
             "events": ev.events,
             "checkpoints": ev.checkpoints,
-            "layers": ev.layers,
+            **{table: getattr(ev, table) for table in PROBE_TABLES},
             "findings": findings_frame(findings),
             "runs": ev.runs.with_columns(pl.lit(fingerprint).alias("fingerprint")),
         }
@@ -118,7 +104,7 @@ def analyze_run(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprin
         frames = {t: schema.empty(t) for t in RUN_TABLES}
         frames["runs"] = _unreadable_row(run, f"analysis failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
     for table in RUN_TABLES:
-        write_table(out_dir, table, frames[table], key)
+        write_table(out_dir, table, frames[table], key, skip_empty=table != "runs")
     runs_row = frames["runs"].row(0, named=True)
     worst = min((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
     return RunSummary(
@@ -145,7 +131,7 @@ def mark_unreadable(run: RunRef, out_dir: Path, reason: str) -> RunSummary:
     """Record a run whose task could not complete (e.g. its worker kept dying)."""
     key = paths.part_key(run.run_id)
     for table in RUN_TABLES[:-1]:
-        write_table(out_dir, table, schema.empty(table), key)
+        write_table(out_dir, table, schema.empty(table), key, skip_empty=True)
     write_table(out_dir, "runs", _unreadable_row(run, reason), key)
     return RunSummary(run.run_id, "unreadable", reason, 0, None, 0.0)
 
@@ -154,4 +140,5 @@ def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str, previous: di
     """A batch of runs in one task (tiny runs would drown in per-task overhead)."""
     logging.basicConfig(level=logging.INFO)
     previous = previous or {}
-    return [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id)) for run in runs]
+    config_fp = config_digest(cfg.probes, cfg.detectors)
+    return [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id), config_fp) for run in runs]

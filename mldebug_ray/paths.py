@@ -13,6 +13,7 @@ LOG_FILE = "mldebug.log"  # Hydra names its job log after hydra.job.name ("mldeb
 # Per-run part files: one Parquet file per run (or run batch) and table.
 PART_TEMPLATE = "part-{key}.parquet"
 SWEEP_PART_KEY = "sweep"
+SCHEMA_PART_KEY = "schema"  # an empty part per table: the folder exists and carries the schema
 TMP_SUFFIX = ".tmp"
 
 

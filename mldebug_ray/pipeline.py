@@ -9,13 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mldebug_ray import paths
+from mldebug_ray import paths, schema
 from mldebug_ray.config import AgentConfig, MainConfig
 from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
 from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
 from mldebug_ray.detectors import SweepTables, run_sweep_detectors
-from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, write_table
+from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, write_schema_parts, write_table
 from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
 from mldebug_ray.render.report_html import write_report_html
@@ -87,6 +87,7 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
         raise ConfigError(f"sweep.roots: no run directories (no metrics source) under {', '.join(sweep.roots)}")
 
     remove_temp_files(out_dir)
+    write_schema_parts(out_dir, schema.TABLES)
     t0 = time.perf_counter()
     with ray_cluster(cfg.cluster):
         summaries = fan_out(runs, cfg, out_dir)
