@@ -985,6 +985,9 @@ class LogParser:
                 self.primary = rank
             elif rank != self.primary:
                 return True  # another rank repeats (or shards) the numbers of the rank kept
+        if not self.metrics:
+            self._step_marker(step)  # events-only reading: metric lines still date the events
+            return True
         if pattern.has_total and m.group("total"):
             self.c.params["log.total_steps"] = int(m.group("total"))
         self._add_rows(step, values, line_no)
@@ -1067,18 +1070,15 @@ class LogParser:
         if text.startswith(_TRACEBACK_START):
             self.tracebacks[rank] = {"line": line_no, "step": self.last_step, "first": None, "last": None, "n": 0}
             return
-        if self.metrics:
-            if self.hf_dicts and "/" in text and "[" in text:
-                pm = _PROGRESS.search(text)
-                if pm:
-                    self.progress = int(pm.group(1))
-            lowered = text.lower()
-            hit = self._match_metrics(text, lowered=lowered)
-            if hit is not None and self._metric_line(hit[0], hit[1], rank, text, line_no):
-                return
-            self._line_events(text, line_no, lowered)
+        if self.hf_dicts and "/" in text and "[" in text:
+            pm = _PROGRESS.search(text)
+            if pm:
+                self.progress = int(pm.group(1))
+        lowered = text.lower()
+        hit = self._match_metrics(text, lowered=lowered)
+        if hit is not None and self._metric_line(hit[0], hit[1], rank, text, line_no):
             return
-        self._line_events(text, line_no)
+        self._line_events(text, line_no, lowered)
 
     def close(self) -> None:
         for rank in list(self.tracebacks):
@@ -1183,7 +1183,8 @@ def parse_logs(
 ) -> SourceData:
     """Metrics, events and params of the log `files` of `run_dir`, read as one stream in (mtime, name) order.
 
-    `metrics=False` reads events only (other readers use it for console copies).
+    `metrics=False` reads events only (other readers use it for console copies); metric
+    lines then still give the events their steps.
     Unreadable files become problems; never raises for bad content.
     """
     run_dir = Path(run_dir)

@@ -352,7 +352,7 @@ def test_parse_logs_without_metrics_reads_events_only(tmp_path):
     path = _write(tmp_path / "output.log", ["step:1/2 train_loss:3.0", "torch.OutOfMemoryError: CUDA out of memory."])
     data = parse_logs(tmp_path, [path], metrics=False)
     assert data.metrics is None
-    assert data.events.select("step", "kind").rows() == [(None, "oom")]
+    assert data.events.select("step", "kind").rows() == [(1, "oom")]
 
 
 def test_nan_losses_are_kept_as_nan(tmp_path):
