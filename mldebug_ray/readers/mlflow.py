@@ -25,8 +25,8 @@ written; a database that cannot be opened that way is retried as `immutable=1`
 What is read
 ------------
 - metrics: file store `metrics/<key>` lines `timestamp value step` (2 fields in old
-  versions: step 0; extra fields of newer versions ignored); keys with `/` are
-  subfolders. SQLite `metrics(key, value, timestamp, step, is_nan)`: `is_nan` rows are
+  versions: step 0; extra fields of newer versions ignored; a last line without its
+  line end was cut mid-write and is dropped, noted); keys with `/` are subfolders. SQLite `metrics(key, value, timestamp, step, is_nan)`: `is_nan` rows are
   NaN and +-1.7976931348623157e308 (how the SQL store saves +-Inf) is +-Inf again.
   A (step, key) logged several times keeps the last logged (latest timestamp), as
   MLflow's UI does. wall_time_s = timestamp / 1000. Split from the key (`infer_split`).
@@ -104,7 +104,11 @@ def _read_metric_file(path: Path, key: str, columns: dict[str, list], problems: 
         problems.append(f"{label}: {exc.strerror or exc}")
         return
     split = infer_split(key)
-    for line in text.splitlines():
+    lines = text.split("\n")
+    if lines[-1].strip():
+        # MLflow ends every line with a newline: a last line without one was cut mid-write.
+        problems.append(f"{label}: last line has no line end (cut while being written?), dropped")
+    for line in lines[:-1]:
         parts = line.split()
         if not parts:
             continue

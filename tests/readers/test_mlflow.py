@@ -180,3 +180,12 @@ def test_a_folder_whose_meta_yaml_names_no_run_is_not_a_run(tmp_path, meta):
     if meta is not None:
         (tmp_path / "meta.yaml").write_text(meta if isinstance(meta, str) else yaml.safe_dump(meta))
     assert READERS["mlflow"].detect(tmp_path) == []
+
+
+def test_a_metric_line_cut_mid_write_is_dropped_not_misread(tmp_path):
+    run = _file_store_run(tmp_path, RUN_A)
+    with open(run / "metrics" / "loss", "a") as handle:
+        handle.write("1700000010000 0.7")  # no step, no line end: the writer was interrupted
+    data = READERS["mlflow"].read(run, READERS["mlflow"].detect(run))
+    assert data.metrics.filter(pl.col("key") == "loss")["step"].to_list() == [0, 1, 2, 3]
+    assert data.problems == ["metrics/loss: last line has no line end (cut while being written?), dropped"]
