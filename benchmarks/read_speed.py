@@ -12,7 +12,8 @@
    off and on, against, in the same process on the same file: plain `open().read()`,
    and TensorBoard's own `EventFileLoader` (pure-Python CRC and protobuf parsing; the
    reader TensorBoard's `EventAccumulator` sits on) when the `tensorboard` package is
-   importable. EventFileLoader manages well under 1 MB/s on one-scalar events, so it
+   importable. CPU seconds are printed next to wall seconds (the machine may be shared).
+   EventFileLoader manages well under 1 MB/s on one-scalar events, so it
    reads a whole-record prefix of the same file (`--loader-mb`, default 4) and our
    reader is timed again on that prefix for the ratio. Prints MB/s, the ratios, and
    whether the scalar counts match.
@@ -57,17 +58,18 @@ def corpus_speed(corpus: Path) -> None:
     rows = 0
     statuses: dict[str, int] = {}
     per_sweep: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for sweep, run_dir in runs:
         started = time.perf_counter()
         read = read_run(run_dir)
         per_sweep[sweep] = per_sweep.get(sweep, 0.0) + time.perf_counter() - started
         rows += read.metrics.height
         statuses[read.status] = statuses.get(read.status, 0) + 1
-    read_s = time.perf_counter() - t0
+    read_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     mb = total_bytes / 1e6
     print(f"corpus {corpus}: {len(runs)} runs, {len(files)} files, {mb:.1f} MB, {rows:,} metric rows, status {statuses}")
-    print(f"  read_run:      {read_s:7.2f} s  {len(runs) / read_s:7.1f} runs/s  {rows / read_s:12,.0f} rows/s  {mb / read_s:7.1f} MB/s")
+    print(f"  read_run:      {read_s:7.2f} s  {len(runs) / read_s:7.1f} runs/s  {rows / read_s:12,.0f} rows/s  {mb / read_s:7.1f} MB/s"
+          f"  (CPU {cpu_s:.2f} s)")
     print(f"  open().read(): {io_s:7.2f} s  {mb / io_s:7.1f} MB/s   (read_run is {read_s / io_s:.0f}x the raw I/O time)")
     print("  per sweep: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(per_sweep.items())))
 
@@ -149,14 +151,20 @@ def write_event_file(path: Path, target_mb: float) -> tuple[int, int]:
 
 
 def _timed(fn, repeat: int = 1):
+    """(best wall seconds of `repeat` calls, the last result); also records the CPU seconds of that call."""
+    global LAST_CPU_S
     best = None
     out = None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        elapsed = time.perf_counter() - t0
-        best = elapsed if best is None else min(best, elapsed)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if best is None or elapsed < best:
+            best, LAST_CPU_S = elapsed, cpu
     return best, out
+
+
+LAST_CPU_S = 0.0
 
 
 def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Path | None) -> None:
@@ -171,10 +179,12 @@ def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Pa
     print(f"\nTensorBoard: {path} {mb:.1f} MB, {n:,} scalars (written in {time.perf_counter() - t0:.1f} s)")
     io_s, _ = _timed(lambda: path.read_bytes(), repeat=3)
     off_s, (frame_off, problems_off, _) = _timed(lambda: read_event_file(path, check_crc=False), repeat=3)
+    off_cpu = LAST_CPU_S
     on_s, (frame_on, problems_on, _) = _timed(lambda: read_event_file(path, check_crc=True), repeat=2)
+    on_cpu = LAST_CPU_S
     print(f"  open().read():            {io_s:7.2f} s  {mb / io_s:8.1f} MB/s")
-    print(f"  ours, CRC off:            {off_s:7.2f} s  {mb / off_s:8.1f} MB/s  {frame_off.height:,} scalars  {problems_off or ''}")
-    print(f"  ours, CRC on:             {on_s:7.2f} s  {mb / on_s:8.1f} MB/s  {frame_on.height:,} scalars  {problems_on or ''}")
+    print(f"  ours, CRC off:            {off_s:7.2f} s  {mb / off_s:8.1f} MB/s  {frame_off.height:,} scalars  (CPU {off_cpu:.2f} s) {problems_off or ''}")
+    print(f"  ours, CRC on:             {on_s:7.2f} s  {mb / on_s:8.1f} MB/s  {frame_on.height:,} scalars  (CPU {on_cpu:.2f} s) {problems_on or ''}")
     print(f"  ratios: CRC off = {off_s / io_s:.1f}x raw I/O time, CRC on = {on_s / off_s:.2f}x CRC off")
     if use_loader:
         try:
@@ -200,11 +210,12 @@ def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Pa
                 return count
 
             loader_s, loader_n = _timed(load)
+            loader_cpu = LAST_CPU_S
             ours_off_s, (p_off, _, _) = _timed(lambda: read_event_file(prefix, check_crc=False), repeat=3)
             ours_on_s, (p_on, _, _) = _timed(lambda: read_event_file(prefix, check_crc=True), repeat=3)
             print(f"  same-file baseline on the first {prefix_mb:.1f} MB ({keep_records:,} scalars):")
             print(f"    tensorboard EventFileLoader: {loader_s:7.2f} s  {prefix_mb / loader_s:8.2f} MB/s  {loader_n:,} scalars"
-                  f"  (whole file at this rate: ~{mb / (prefix_mb / loader_s):.0f} s)")
+                  f"  (CPU {loader_cpu:.2f} s; whole file at this rate: ~{mb / (prefix_mb / loader_s):.0f} s)")
             print(f"    ours, CRC off:               {ours_off_s:7.2f} s  {prefix_mb / ours_off_s:8.1f} MB/s  {p_off.height:,} scalars")
             print(f"    ours, CRC on:                {ours_on_s:7.2f} s  {prefix_mb / ours_on_s:8.1f} MB/s  {p_on.height:,} scalars")
             print(
