@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mldebug_ray import paths, schema
 from mldebug_ray.detectors.series import CANONICAL, metric_role, split_of
 from mldebug_ray.evidence.io import scan_table
 from mldebug_ray.findings import SEVERITIES
@@ -106,6 +107,27 @@ def _natural(text: str) -> list[Any]:
 
 def _in(col: str, values: list[str]) -> pl.Expr:
     return pl.col(col).is_in(pl.Series(values, dtype=pl.String).implode())
+
+
+# Up to this many runs, their own part files are scanned instead of every part of the table.
+MAX_RUNS_BY_PART_FILE = 1000
+
+
+def scan_runs(out_dir: Path, table: str, run_ids: list[str], shared_parts: tuple[str, ...] = ()) -> pl.LazyFrame:
+    """`table`'s rows of `run_ids`. When each run has its own part (analyze_run writes
+    part-<part_key(run_id)> for every table, empty ones included) only those files, plus
+    the `shared_parts` that exist (the sweep detectors' part), are opened: a 10,000-run
+    sweep's 10,000 parts are not listed once per panel. Otherwise (batched parts, a
+    missing part) every part is scanned and filtered."""
+    scan = None
+    if len(run_ids) <= MAX_RUNS_BY_PART_FILE:
+        files = [paths.part_path(Path(out_dir), table, paths.part_key(rid)) for rid in run_ids]
+        if files and all(f.is_file() for f in files):
+            files += [f for f in (paths.part_path(Path(out_dir), table, key) for key in shared_parts) if f.is_file()]
+            scan = pl.scan_parquet([str(f) for f in files], schema=schema.schema_of(table))
+    if scan is None:
+        scan = scan_table(out_dir, table)
+    return scan.filter(_in("run_id", run_ids))
 
 
 # ---- per-run views -------------------------------------------------------------------
@@ -259,7 +281,7 @@ def load_run_views(out_dir: Path, run_ids: list[str], cfg: HtmlConfig) -> dict[s
     views = {rid: RunView(rid) for rid in run_ids}
     if not run_ids:
         return views
-    metrics = scan_table(out_dir, "metrics").filter(_in("run_id", run_ids))
+    metrics = scan_runs(out_dir, "metrics", run_ids)
     inventory = (
         metrics.group_by("run_id", "key", "split")
         .agg(pl.len().alias("n"))
@@ -321,15 +343,15 @@ def _load_gradients(out_dir: Path, run_ids: list[str], views: dict[str, RunView]
     need = [rid for rid in run_ids if views[rid].heatmap is None]
     if not need:
         return
-    grads = scan_table(out_dir, "gradients").filter(_in("run_id", need)).select("run_id", "step", "layer", "grad_norm_l2").collect()
+    grads = scan_runs(out_dir, "gradients", need).select("run_id", "step", "layer", "grad_norm_l2").collect()
     for (rid,), part in grads.group_by("run_id"):
         views[rid].heatmap = _heatmap_from_gradients(part, cfg)
 
 
 def _load_shares(out_dir: Path, run_ids: list[str], views: dict[str, RunView]) -> None:
     shares = (
-        scan_table(out_dir, "layers")
-        .filter(_in("run_id", run_ids) & pl.col("n_params").is_not_null())
+        scan_runs(out_dir, "layers", run_ids)
+        .filter(pl.col("n_params").is_not_null())
         .group_by("run_id", "step", pl.col("module_type").fill_null("other"))
         .agg(pl.col("n_params").sum())
         .collect()
@@ -348,8 +370,7 @@ def _order_heatmap_rows(out_dir: Path, run_ids: list[str], views: dict[str, RunV
     if not need:
         return
     order = (
-        scan_table(out_dir, "layers")
-        .filter(_in("run_id", need))
+        scan_runs(out_dir, "layers", need)
         .select("run_id", "layer")
         .with_row_index("pos")
         .group_by("run_id", "layer")
@@ -369,8 +390,7 @@ def _order_heatmap_rows(out_dir: Path, run_ids: list[str], views: dict[str, RunV
 
 def _load_memory_precision(out_dir: Path, run_ids: list[str], views: dict[str, RunView]) -> None:
     memory = (
-        scan_table(out_dir, "memory")
-        .filter(_in("run_id", run_ids))
+        scan_runs(out_dir, "memory", run_ids)
         .group_by("run_id", "phase", "device")
         .agg(pl.col("peak_allocated_bytes").max(), pl.col("reserved_bytes").max(), pl.len().alias("n_probes"))
         .sort("run_id", "device", "phase")
@@ -379,7 +399,7 @@ def _load_memory_precision(out_dir: Path, run_ids: list[str], views: dict[str, R
     phase_order = {"forward": 0, "backward": 1, "optimizer": 2}
     for (rid,), part in memory.group_by("run_id"):
         views[rid].memory = sorted(part.to_dicts(), key=lambda r: (r["device"] or "", phase_order.get(r["phase"], 9), r["phase"] or ""))
-    precision = scan_table(out_dir, "precision").filter(_in("run_id", run_ids))
+    precision = scan_runs(out_dir, "precision", run_ids)
     totals = (
         precision.group_by("run_id", "dtype")
         .agg(
@@ -420,8 +440,7 @@ def _metric_keys(evidence: Any) -> tuple[str, ...]:
 
 def _load_marks(out_dir: Path, run_ids: list[str], views: dict[str, RunView]) -> None:
     found = (
-        scan_table(out_dir, "findings")
-        .filter(_in("run_id", run_ids))
+        scan_runs(out_dir, "findings", run_ids, (paths.SWEEP_PART_KEY,))  # sweep detectors add run-scope findings there
         .select("finding_id", "run_id", "kind", "severity", "onset_step", "end_step", "summary", "evidence")
         .collect()
     )
@@ -479,12 +498,17 @@ def _params_frame(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return stats, rows
 
 
-def _outcomes(out_dir: Path, run_ids: list[str]) -> tuple[str | None, dict[str, float], dict[str, bool]]:
-    """The loss key most runs share (validation first) and each run's last value of it."""
+OUTCOME_KEY_SAMPLE_RUNS = 64  # runs whose metric keys decide which loss is "the outcome"
+
+
+def _outcome_key(out_dir: Path, run_ids: list[str]) -> tuple[str, str | None] | None:
+    """The loss key (and split) most of a sample of the runs log, validation first."""
     if not run_ids:
-        return None, {}, {}
-    metrics = scan_table(out_dir, "metrics").filter(_in("run_id", run_ids))
-    keys = metrics.group_by("key", "split").agg(pl.col("run_id").n_unique().alias("n_runs")).collect()
+        return None
+    if len(run_ids) > OUTCOME_KEY_SAMPLE_RUNS:
+        idx = np.unique(np.linspace(0, len(run_ids) - 1, OUTCOME_KEY_SAMPLE_RUNS).round().astype(int))
+        run_ids = [run_ids[i] for i in idx]
+    keys = scan_runs(out_dir, "metrics", run_ids).group_by("key", "split").agg(pl.col("run_id").n_unique().alias("n_runs")).collect()
     best = None
     for r in keys.iter_rows(named=True):
         if metric_role(r["key"]) != "loss":
@@ -493,20 +517,28 @@ def _outcomes(out_dir: Path, run_ids: list[str]) -> tuple[str | None, dict[str, 
         rank = (0 if split == "val" else 1 if split in ("train", None) else 2, -r["n_runs"], r["key"])
         if best is None or rank < best[0]:
             best = (rank, r["key"], r["split"])
-    if best is None:
-        return None, {}, {}
-    _, key, split = best
-    cond = pl.col("key") == key
-    cond = cond & (pl.col("split").is_null() if split is None else pl.col("split") == split)
+    return None if best is None else (best[1], best[2])
+
+
+def _last_values(out_dir: Path, run_ids: list[str], key: str, split: str | None) -> tuple[dict[str, float], dict[str, bool]]:
+    """Each run's last finite value of `key`, and whether its very last value was non-finite."""
+    if not run_ids:
+        return {}, {}
+    cond = (pl.col("key") == key) & (pl.col("split").is_null() if split is None else pl.col("split") == split)
+    finite = pl.col("value").is_finite()
     last = (
-        metrics.filter(cond & pl.col("value").is_not_null())
+        scan_runs(out_dir, "metrics", run_ids)
+        .filter(cond & pl.col("value").is_not_null())
         .group_by("run_id")
-        .agg(pl.col("value").sort_by("step").last().alias("last"), pl.col("value").filter(pl.col("value").is_finite()).sort_by(pl.col("step").filter(pl.col("value").is_finite())).last().alias("last_finite"))
+        .agg(
+            pl.col("value").sort_by("step").last().alias("last"),
+            pl.col("value").filter(finite).sort_by(pl.col("step").filter(finite)).last().alias("last_finite"),
+        )
         .collect()
     )
     values = {r["run_id"]: r["last_finite"] for r in last.iter_rows(named=True) if r["last_finite"] is not None}
     broken = {r["run_id"]: not (r["last"] is not None and math.isfinite(r["last"])) for r in last.iter_rows(named=True)}
-    return key, values, broken
+    return values, broken
 
 
 def _repeat_labels(run_ids: list[str], seeds: dict[str, str]) -> dict[str, str]:
@@ -661,14 +693,21 @@ def load_sweep_panels(out_dir: Path, diagnosis: dict[str, Any], cfg: HtmlConfig)
         per_key[k] += 1
         note = ("runs with " + label if label else "all runs") + (f"; other hyperparameters vary too: {', '.join(others[:4])}" if others else "")
         wanted.append((k, sorted(members), f"{k} vs outcome" + (f" ({label})" if label else ""), note, None, None))
-    wanted = wanted[: cfg.max_sweep_panels * 2]
-    all_runs = sorted({r for w in wanted for r in w[1]})
-    outcome_key, outcome, broken = _outcomes(out_dir, all_runs)
-    if outcome_key is None:
+    # Outcomes are read panel by panel, so a sweep of 10,000 runs reads the runs it plots only.
+    key_split = _outcome_key(out_dir, sorted({r for w in wanted[: cfg.max_sweep_panels] for r in w[1]}))
+    if key_split is None:
         return []
-    panels = []
+    outcome: dict[str, float] = {}
+    broken: dict[str, bool] = {}
+    read: set[str] = set()
+    panels: list[HpPanel] = []
     for key, runs, title, note, cause, boundary in wanted:
-        panel = _panel(key, runs, hp, seeds, outcome_key, outcome, broken, failed_runs, title, note)
+        todo = sorted(set(runs) - read)
+        values, failed_last = _last_values(out_dir, todo, *key_split)
+        outcome.update(values)
+        broken.update(failed_last)
+        read.update(todo)
+        panel = _panel(key, runs, hp, seeds, key_split[0], outcome, broken, failed_runs, title, note)
         if panel is None:
             continue
         panel.boundary, panel.cause_index = boundary, cause

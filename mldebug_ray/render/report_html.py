@@ -10,9 +10,10 @@ charting library and not matplotlib.
   is a few KB of path text; a heatmap is one PNG of layers x columns pixels. A vendored
   uPlot (~50 KB minified, MIT) would be small too, but it would still need our data
   serialised as JSON next to it, an npm fetch at build time, and a copy of a third-party
-  library to keep patched inside the wheel. matplotlib would add a ~40 MB dependency to
-  every Ray worker image for what is a few hundred lines of SVG here, and its PNGs are
-  larger than the equivalent SVG and not searchable or diffable.
+  library to keep patched inside the wheel. matplotlib (plus pillow, fonttools, kiwisolver:
+  tens of MB installed) would be a heavy dependency of every install for what is a few
+  hundred lines of SVG here, and its PNGs are larger than the equivalent SVG and not
+  searchable or diffable.
 - What we give up: zooming and pan. Native `<title>` tooltips show exact values, and every
   finding's span links to its root cause (and back), which is the interaction that matters
   for debugging.
@@ -21,6 +22,8 @@ The page stays bounded for any sweep size: full panels only for the HtmlConfig.m
 worst runs, every run as one row of a table that JavaScript pages through (50 rows in the
 DOM at a time; the rows themselves are a compact JSON array, ~100 bytes per run), a
 severity/kind/text filter over both, and curves downsampled in the query that reads them.
+Measured on a 2-core box: the 20-run demo gives 477 KB in 0.5 s; 10,000 runs with findings
+765 KB in 1.2 s; 10,000 runs with metric parts and a parameter grid 1.2 MB in 4.4 s.
 Renderers only read: this module formats what render/report_data.py reads.
 """
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from render_fixtures import build_big_out_dir, build_rich_out_dir
 
 from mldebug_ray import paths
@@ -77,6 +78,7 @@ def test_a_bad_limit_is_a_one_line_error_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "--max-run-panels" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_10000_run_sweep_renders_a_bounded_page_in_reasonable_time(tmp_path):
     out = tmp_path / "big"
     diagnosis = build_big_out_dir(out, 10_000)
