@@ -46,6 +46,9 @@ Kind = Literal[
     "hp_instability_boundary",
     "ranking_inconsistency",
     "nondeterminism",
+    # Added by a detector (SPEC §5 allows it): the recorded config lacks a seed or a data
+    # version, so the run cannot be repeated (mldebug_ray/sweep/reproducibility.py).
+    "reproducibility_gap",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 

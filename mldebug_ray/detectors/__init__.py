@@ -14,6 +14,7 @@ from mldebug_ray.detectors import overfitting  # noqa: F401,E402
 from mldebug_ray.detectors import architecture_imbalance  # noqa: F401,E402
 from mldebug_ray.detectors import run_incomplete  # noqa: F401,E402
 from mldebug_ray.detectors.config import DetectorsConfig  # noqa: E402
+import mldebug_ray.sweep  # noqa: F401,E402  (registers the sweep-level detectors)
 from mldebug_ray.findings import Finding  # noqa: E402
 
 __all__ = [

@@ -13,6 +13,7 @@ from mldebug_ray.detectors.overfitting import OverfittingConfig
 from mldebug_ray.detectors.plateau import PlateauConfig
 from mldebug_ray.detectors.run_incomplete import RunIncompleteConfig
 from mldebug_ray.errors import ConfigError
+from mldebug_ray.sweep.config import HpEffectConfig, HpInstabilityBoundaryConfig, NondeterminismConfig, RankingInconsistencyConfig, ReproducibilityConfig, SeedSensitivityConfig  # noqa: E501
 
 # Plain (not frozen) dataclasses throughout: OmegaConf turns a frozen dataclass into a
 # read-only node, and then `detectors.loss_spike.min_ratio=1.5` on the command line fails.
@@ -30,10 +31,17 @@ class DetectorsConfig:
     overfitting: OverfittingConfig = field(default_factory=OverfittingConfig)
     architecture_imbalance: ArchitectureImbalanceConfig = field(default_factory=ArchitectureImbalanceConfig)
     run_incomplete: RunIncompleteConfig = field(default_factory=RunIncompleteConfig)
+    seed_sensitivity: SeedSensitivityConfig = field(default_factory=SeedSensitivityConfig)
+    hp_effect: HpEffectConfig = field(default_factory=HpEffectConfig)
+    hp_instability_boundary: HpInstabilityBoundaryConfig = field(default_factory=HpInstabilityBoundaryConfig)
+    ranking_inconsistency: RankingInconsistencyConfig = field(default_factory=RankingInconsistencyConfig)
+    nondeterminism: NondeterminismConfig = field(default_factory=NondeterminismConfig)
+    reproducibility: ReproducibilityConfig = field(default_factory=ReproducibilityConfig)
     enabled: list[str] = field(
         default_factory=lambda: [
             "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
             "architecture_imbalance", "run_incomplete",
+            "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
         ]
     )
     """Detectors that run, by name; every name needs a field of the same name above."""
