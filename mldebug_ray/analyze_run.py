@@ -20,7 +20,7 @@ from mldebug_ray.discover import RunRef
 from mldebug_ray.evidence.io import write_table
 from mldebug_ray.findings import SEVERITY_RANK, findings_frame
 from mldebug_ray.fingerprint import config_digest, run_fingerprint
-from mldebug_ray.gather import read_run_dir
+from mldebug_ray.gather import read_run_dir, safe_text
 from mldebug_ray.probes.run_probes import PROBE_TABLES, probe_run
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _unreadable_row(run: RunRef, reason: str) -> pl.DataFrame:
     return schema.validate(
         "runs",
         pl.DataFrame(
-            [{"run_id": run.run_id, "path": run.path, "status": "unreadable", "reason": reason, "n_steps": 0}],
+            [{"run_id": run.run_id, "path": safe_text(run.path), "status": "unreadable", "reason": reason, "n_steps": 0}],
             schema=schema.schema_of("runs"),
         ),
     )

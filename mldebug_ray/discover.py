@@ -69,11 +69,14 @@ def _walk(root: Path, max_depth: int, exclude_dirs: set[Path]) -> list[Path]:
 
 
 def run_id_for(run_dir: Path, root: Path, prefix: str | None) -> str:
+    """The run id: path relative to the root; bytes of a name that are not UTF-8 appear as \\xNN."""
     rel = run_dir.relative_to(root).as_posix()
     rel = "" if rel == "." else rel
     if prefix:
-        return f"{prefix}/{rel}" if rel else prefix
-    return rel or root.name
+        run_id = f"{prefix}/{rel}" if rel else prefix
+    else:
+        run_id = rel or root.name
+    return run_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def discover(

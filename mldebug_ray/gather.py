@@ -13,6 +13,7 @@ import polars as pl
 
 from mldebug_ray import schema
 from mldebug_ray.detectors.base import RunEvidence
+from mldebug_ray.errors import ReadError
 from mldebug_ray.readers import READERS
 from mldebug_ray.readers.base import CHECKPOINT_COLUMNS, EVENT_COLUMNS, METRIC_COLUMNS, SourceData
 
@@ -89,10 +90,16 @@ def read_run_dir(run_dir: Path, run_id: str) -> tuple[RunEvidence, list[str], li
             metrics_sources += 1
         try:
             data: SourceData = reader.read(run_dir, files)
-        except Exception as exc:  # one unreadable source never stops the others
+        except ReadError as exc:  # one unreadable source never stops the others
             if reader.provides_metrics:
                 metrics_failures += 1
-            problems.append(_one_line(exc) if str(exc) else f"{reader.name}: {type(exc).__name__}")
+            problems.append(_one_line(exc))
+            continue
+        except Exception as exc:  # a reader bug or a hostile file: name the files, keep going
+            if reader.provides_metrics:
+                metrics_failures += 1
+            names = ", ".join(safe_text(f.name) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+            problems.append(f"{names}: {reader.name} reader failed: {type(exc).__name__}: {_one_line(exc)}")
             continue
         used.append(reader.name)
         problems.extend(data.problems)
@@ -139,7 +146,7 @@ def read_run_dir(run_dir: Path, run_id: str) -> tuple[RunEvidence, list[str], li
     steps = metrics["step"] if metrics.height else None
     runs_row = {
         "run_id": run_id,
-        "path": str(run_dir),
+        "path": safe_text(str(run_dir)),
         "source_format": "+".join(used) or None,
         "status": status,
         "reason": reason or None,
@@ -158,6 +165,11 @@ def read_run_dir(run_dir: Path, run_id: str) -> tuple[RunEvidence, list[str], li
         checkpoints=schema.validate("checkpoints", checkpoints),
     )
     return ev, used, problems
+
+
+def safe_text(text: str) -> str:
+    """`text` made valid UTF-8: undecodable bytes of file names (surrogate escapes) become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -117,3 +117,71 @@ def infer_split(key: str) -> str | None:
     if head == "test":
         return "test"
     return None
+
+
+# Bounds on what one file may cost (issue 10: hostile input gets a reason, not an OOM).
+MAX_WHOLE_FILE_BYTES = 2 << 30
+"""Formats read whole into memory (CSV, event files): beyond this the file is refused."""
+MAX_JSON_DOCUMENT_BYTES = 256 << 20
+"""One JSON/YAML document parsed into Python objects (~10x its size in memory). A
+trainer_state.json logging every step of a 1M-step run is ~150 MB."""
+MAX_LINE_BYTES = 1 << 20
+"""One line of a line-based format (JSON lines); a longer line is skipped, never held whole."""
+
+
+def check_size(path: Path, limit: int, what: str = "file") -> int:
+    """The size of `path`; ReadError naming it when larger than `limit`."""
+    from mldebug_ray.errors import ReadError
+
+    try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        raise ReadError(f"{Path(path).name}: {exc.strerror or exc}") from None
+    if size > limit:
+        raise ReadError(f"{Path(path).name}: {size:,} bytes is over the {limit:,}-byte limit for a {what}")
+    return size
+
+
+def read_bytes_limited(path: Path, limit: int = MAX_WHOLE_FILE_BYTES, what: str = "file read whole") -> bytes:
+    """The bytes of `path`, refusing files over `limit` before reading them."""
+    from mldebug_ray.errors import ReadError
+
+    check_size(path, limit, what)
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ReadError(f"{Path(path).name}: {exc.strerror or exc}") from None
+
+
+def iter_lines(path: Path, problems: list[str], max_line_bytes: int = MAX_LINE_BYTES):
+    """Yield (index, line, ended) for each line of `path`, streaming with bounded memory.
+
+    `ended` is False only for a last line without a line end (a file still being
+    written). A line longer than `max_line_bytes` is skipped while it is read past,
+    in chunks, and noted once in `problems`.
+    """
+    from mldebug_ray.errors import ReadError
+
+    name = Path(path).name
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise ReadError(f"{name}: {exc.strerror or exc}") from None
+    skipped = 0
+    with fh:
+        index = 0
+        while True:
+            line = fh.readline(max_line_bytes + 1)
+            if not line:
+                break
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # read past the rest of the oversized line
+                    line = fh.readline(max_line_bytes)
+                skipped += 1
+                index += 1
+                continue
+            ended = line.endswith(b"\n")
+            yield index, line.rstrip(b"\r\n"), ended
+            index += 1
+    if skipped:
+        problems.append(f"{name}: {skipped} line(s) longer than {max_line_bytes:,} bytes skipped")

@@ -34,7 +34,7 @@ from typing import Any
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import METRIC_COLUMNS, SourceData, files_in, infer_split, reader
+from mldebug_ray.readers.base import METRIC_COLUMNS, SourceData, files_in, infer_split, read_bytes_limited, reader
 from mldebug_ray.readers.hydra_config import flatten_params, load_yaml
 
 KNOWN_FILES = ("metrics.csv", "measurements.csv", "eval_measurements.csv", "progress.csv")
@@ -156,7 +156,7 @@ def read_table(path: Path, params: dict[str, Any], problems: list[str]) -> pl.Da
     name = path.name
     sep = _separator(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes_limited(path)
     except OSError as exc:
         raise ReadError(f"{name}: {exc.strerror or exc}") from None
     raw = _drop_cut_tail(raw, sep, name, problems)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import SourceData, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import MAX_JSON_DOCUMENT_BYTES, SourceData, check_size, infer_split, metrics_frame, reader
 
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -133,6 +133,7 @@ def parse_state(state: dict[str, Any], name: str) -> SourceData:
 
 def _load(path: Path, label: str) -> dict[str, Any]:
     try:
+        check_size(path, MAX_JSON_DOCUMENT_BYTES, "JSON document")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ReadError(f"{label}: {exc.strerror or exc}") from None
@@ -142,6 +143,8 @@ def _load(path: Path, label: str) -> dict[str, Any]:
         state = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReadError(f"{label}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ReadError(f"{label}: JSON nested too deeply to read") from None
     if not isinstance(state, dict):
         raise ReadError(f"{label}: top level is not a JSON object")
     return state

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import SourceData, files_in, infer_split, iter_lines, metrics_frame, reader
 from mldebug_ray.readers.hydra_config import flatten_params
 
 RAY_RESULT = "result.json"
@@ -80,28 +80,22 @@ def _step_of(record: dict[str, Any]) -> tuple[str | None, int | None]:
 def read_jsonl(path: Path, problems: list[str]) -> tuple[dict[str, list], int]:
     """Metric columns of one JSON-lines file and the number of records used."""
     name = path.name
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ReadError(f"{name}: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
-    # A file still being written ends without a line end: its last line may be cut.
-    tail_open = bool(lines) and lines[-1] != b""
     ray = name == RAY_RESULT
     columns: dict[str, list] = {"step": [], "key": [], "value": [], "wall_time_s": [], "split": []}
     split_of: dict[str, str | None] = {}
     bad_lines: list[int] = []
     used = 0
     no_step = 0
-    last_index = len(lines) - 1
-    for index, line in enumerate(lines):
+    # Streamed line by line: a file with a gigantic line or tail costs bounded memory.
+    for index, line, ended in iter_lines(path, problems):
         line = line.strip()
         if not line:
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if index == last_index and tail_open:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            # A file still being written ends without a line end: its last line may be cut.
+            if not ended:
                 problems.append(f"{name}: line {index + 1} truncated, dropped, kept {used} lines")
             else:
                 bad_lines.append(index + 1)

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, read_bytes_limited, reader
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
@@ -622,7 +622,7 @@ def _with_splits(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 def read_event_file(path: Path, *, check_crc: bool = False) -> tuple[pl.DataFrame, list[str], int]:
     """One event file as (metrics frame, problems, records used); see decode_event_bytes."""
-    buf = Path(path).read_bytes()
+    buf = read_bytes_limited(Path(path))
     return decode_event_bytes(buf, Path(path).name, check_crc=check_crc)
 
 
