@@ -114,17 +114,22 @@ MAX_RUNS_BY_PART_FILE = 1000
 
 
 def scan_runs(out_dir: Path, table: str, run_ids: list[str], shared_parts: tuple[str, ...] = ()) -> pl.LazyFrame:
-    """`table`'s rows of `run_ids`. When each run has its own part (analyze_run writes
-    part-<part_key(run_id)> for every table, empty ones included) only those files, plus
-    the `shared_parts` that exist (the sweep detectors' part), are opened: a 10,000-run
-    sweep's 10,000 parts are not listed once per panel. Otherwise (batched parts, a
-    missing part) every part is scanned and filtered."""
+    """`table`'s rows of `run_ids`, opening as few part files as the layout allows.
+
+    analyze_run writes each run's rows to part-<part_key(run_id)> of each table and always
+    writes its `runs` part; an empty table writes no part. So when every run has its
+    `runs` part, its rows of `table` are in its own part if anywhere (plus `shared_parts`,
+    e.g. the sweep detectors' part): only those files are opened, and a 10,000-run
+    sweep's 10,000 parts are not listed once per panel. Any other layout (batched or
+    hand-written parts) scans every part and filters.
+    """
+    out_dir = Path(out_dir)
     scan = None
-    if len(run_ids) <= MAX_RUNS_BY_PART_FILE:
-        files = [paths.part_path(Path(out_dir), table, paths.part_key(rid)) for rid in run_ids]
-        if files and all(f.is_file() for f in files):
-            files += [f for f in (paths.part_path(Path(out_dir), table, key) for key in shared_parts) if f.is_file()]
-            scan = pl.scan_parquet([str(f) for f in files], schema=schema.schema_of(table))
+    if len(run_ids) <= MAX_RUNS_BY_PART_FILE and run_ids:
+        keys = [paths.part_key(rid) for rid in run_ids]
+        if all(paths.part_path(out_dir, "runs", k).is_file() for k in keys):
+            files = [f for f in (paths.part_path(out_dir, table, k) for k in (*keys, *shared_parts)) if f.is_file()]
+            scan = pl.scan_parquet([str(f) for f in files], schema=schema.schema_of(table)) if files else schema.empty(table).lazy()
     if scan is None:
         scan = scan_table(out_dir, table)
     return scan.filter(_in("run_id", run_ids))

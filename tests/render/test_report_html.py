@@ -7,13 +7,15 @@ import re
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 from render_fixtures import LONG_STEPS
 
 from mldebug_ray import paths
+from mldebug_ray.evidence.io import write_table
 from mldebug_ray.findings import KINDS
 from mldebug_ray.render.guides import GUIDES_DIR, markdown_to_html
-from mldebug_ray.render.report_data import HtmlConfig, anchor, load_run_views, rank_runs
+from mldebug_ray.render.report_data import HtmlConfig, anchor, load_run_views, rank_runs, scan_runs
 from mldebug_ray.render.report_html import PANEL_IDS, render_html, write_report_html
 
 
@@ -178,3 +180,29 @@ def test_the_pipeline_writes_report_html_and_points_diagnosis_at_it(tmp_path, js
     assert diagnosis["analysis_artifacts"]["report"] == paths.REPORT_HTML
     html = (out / paths.REPORT_HTML).read_text()
     assert all(f'id="{anchor(f"seed{i}")}"' in html for i in range(3))
+
+
+def _runs_part(out, rid):
+    write_table(out, "runs", pl.DataFrame([{"run_id": rid, "path": rid, "source_format": "jsonl", "status": "ok", "reason": None,
+                                            "n_steps": 2, "last_step": 2}]), paths.part_key(rid))
+
+
+def _metrics_frame(rid, key="loss"):
+    return pl.DataFrame({"run_id": [rid, rid], "step": [1, 2], "key": key, "value": [2.0, 1.0], "split": None})
+
+
+def test_scan_runs_opens_each_runs_own_parts_in_the_per_run_layout(tmp_path):
+    for rid in ("a", "b"):
+        _runs_part(tmp_path, rid)
+    write_table(tmp_path, "metrics", _metrics_frame("a"), paths.part_key("a"))  # b logged nothing: no part
+    write_table(tmp_path, "metrics", _metrics_frame("zzz"), "junk-that-must-not-be-opened")
+    (paths.part_path(tmp_path, "metrics", "junk-that-must-not-be-opened")).write_bytes(b"not parquet")
+    got = scan_runs(tmp_path, "metrics", ["a", "b"]).collect()
+    assert got["run_id"].to_list() == ["a", "a"]
+    assert scan_runs(tmp_path, "memory", ["a"]).collect().height == 0
+
+
+def test_scan_runs_falls_back_to_every_part_for_other_layouts(tmp_path):
+    write_table(tmp_path, "metrics", pl.concat([_metrics_frame("a"), _metrics_frame("b")]), "batch-0")
+    got = scan_runs(tmp_path, "metrics", ["b"]).collect()
+    assert got["run_id"].to_list() == ["b", "b"]
