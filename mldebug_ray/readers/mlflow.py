@@ -49,7 +49,16 @@ from urllib.parse import quote, unquote, urlparse
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import EVENT_COLUMNS, SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import (
+    EVENT_COLUMNS,
+    MAX_JSON_DOCUMENT_BYTES,
+    SourceData,
+    files_in,
+    infer_split,
+    metrics_frame,
+    read_bytes_limited,
+    reader,
+)
 from mldebug_ray.readers.hydra_config import load_yaml
 
 META_FILE = "meta.yaml"
@@ -58,6 +67,7 @@ STORE_DIRS = ("metrics", "params", "tags")
 TRASH_DIR = ".trash"
 DB_SEARCH_LEVELS = 4
 MAX_TAG_CHARS = 1000
+MAX_META_BYTES = 1 << 20  # MLflow's meta.yaml is a few hundred bytes
 _RUN_UUID = re.compile(r"^[0-9a-f]{32}$")
 _SQL_INF = sys.float_info.max
 # File-store status is RunStatus' enum number; the SQL store writes the name.
@@ -69,6 +79,8 @@ _MAX_KEY_DEPTH = 8
 
 def _meta(run_dir: Path) -> dict[str, Any] | None:
     try:
+        if (run_dir / META_FILE).stat().st_size > MAX_META_BYTES:
+            return None
         data = load_yaml((run_dir / META_FILE).read_text(encoding="utf-8"))
     except Exception:  # an unreadable meta.yaml: not a run we can identify
         return None
@@ -99,9 +111,9 @@ def _file_key(run_dir: Path, path: Path, folder: str) -> str:
 def _read_metric_file(path: Path, key: str, columns: dict[str, list], problems: list[str], label: str) -> None:
     bad = 0
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        problems.append(f"{label}: {exc.strerror or exc}")
+        text = read_bytes_limited(path).decode("utf-8", "replace")
+    except ReadError as exc:
+        problems.append(f"{label}: {str(exc).split(': ', 1)[-1]}")
         return
     split = infer_split(key)
     lines = text.split("\n")
@@ -147,9 +159,9 @@ def read_file_store(run_dir: Path, files: list[Path]) -> SourceData:
             _read_metric_file(path, key, columns, problems, label)
             continue
         try:
-            value = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            problems.append(f"{label}: {exc.strerror or exc}")
+            value = read_bytes_limited(path, MAX_JSON_DOCUMENT_BYTES, "param or tag").decode("utf-8", "replace")
+        except ReadError as exc:
+            problems.append(f"{label}: {str(exc).split(': ', 1)[-1]}")
             continue
         if folder == "params":
             params[key.replace("/", ".")] = value

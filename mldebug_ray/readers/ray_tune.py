@@ -40,7 +40,17 @@ import numpy as np
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import EVENT_COLUMNS, SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import (
+    EVENT_COLUMNS,
+    MAX_JSON_DOCUMENT_BYTES,
+    SourceData,
+    check_size,
+    files_in,
+    infer_split,
+    iter_lines,
+    metrics_frame,
+    reader,
+)
 from mldebug_ray.readers.hydra_config import flatten_params
 from mldebug_ray.readers.jsonl_metrics import RAY_FIELDS, STEP_KEYS, WALL_KEYS
 from mldebug_ray.readers.text_log import parse_logs
@@ -52,6 +62,7 @@ ERROR_TXT = "error.txt"
 ERROR_PKL = "error.pkl"
 PARAMS_PKL = "params.pkl"
 MAX_ERROR_LINES = 5000
+MAX_ERROR_BYTES = 4 << 20
 
 
 def detect(run_dir: Path) -> list[Path]:
@@ -82,10 +93,6 @@ def _step_of(record: dict[str, Any]) -> tuple[str | None, int | None]:
 
 def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.DataFrame:
     """Metrics of a Tune `result.json`, restores turned into `restart` events and cut segments."""
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise ReadError(f"{RESULT}: {exc.strerror or exc}") from None
     columns: dict[str, list] = {"step": [], "key": [], "value": [], "wall_time_s": [], "split": []}
     segment_of_row: list[int] = []
     segment_starts: list[int] = []
@@ -94,14 +101,14 @@ def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.Dat
     bad = 0
     used = 0
     splits: dict[str, str | None] = {}
-    for index, line in enumerate(lines):
+    for index, line, ended in iter_lines(path, problems):  # streamed, bounded line length
         line = line.strip()
         if not line:
             continue
         try:
             record = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            if index == len(lines) - 1:
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            if not ended:
                 problems.append(f"{RESULT}: line {index + 1} truncated, dropped")
             else:
                 bad += 1
@@ -158,12 +165,18 @@ def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.Dat
 _FRAME = re.compile(r'^\s+File "')
 
 
+def _head_text(path: Path) -> str:
+    """The first MAX_ERROR_BYTES of `path` as text ('' if unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_ERROR_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _task_traceback(path: Path) -> tuple[str, int] | None:
     """(exception line | first frame, line number) of a Ray task error (`ray::Trainable.train() ...` then frames)."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[:MAX_ERROR_LINES]
-    except OSError:
-        return None
+    lines = _head_text(path).splitlines()[:MAX_ERROR_LINES]
     first_frame = last_frame = start = None
     exception = None
     for number, line in enumerate(lines, start=1):
@@ -188,10 +201,7 @@ def _error_events(run_dir: Path, path: Path, step: int | None, problems: list[st
         if task is not None:
             row = (None, "traceback", task[0], ERROR_TXT, task[1])
         else:
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
+            text = _head_text(path)
             first = next((line.strip() for line in text.splitlines() if line.strip()), "")
             row = (None, "error", first or "error.txt (empty)", ERROR_TXT, 1)
         events = pl.concat([events, pl.DataFrame([row], schema=EVENT_COLUMNS, orient="row")])
@@ -211,9 +221,12 @@ def read(run_dir: Path, files: list[Path]) -> SourceData:
         metrics = read_results(names[RESULT], problems, event_rows)
     if PARAMS in names:
         try:
+            check_size(names[PARAMS], MAX_JSON_DOCUMENT_BYTES, "JSON document")
             data = json.loads(names[PARAMS].read_text(encoding="utf-8"))
             params.update(flatten_params(data) if isinstance(data, dict) else {})
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except ReadError as exc:
+            problems.append(str(exc))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             problems.append(f"{PARAMS}: not parsed ({type(exc).__name__})")
     last_step = int(metrics["step"].max()) if metrics is not None and metrics.height else None
     parts = [pl.DataFrame(event_rows or None, schema=EVENT_COLUMNS, orient="row")]

@@ -48,7 +48,16 @@ from typing import Any, Iterator
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.readers.base import EVENT_COLUMNS, SourceData, files_in, infer_split, metrics_frame, reader
+from mldebug_ray.readers.base import (
+    EVENT_COLUMNS,
+    MAX_JSON_DOCUMENT_BYTES,
+    SourceData,
+    check_size,
+    files_in,
+    infer_split,
+    metrics_frame,
+    reader,
+)
 from mldebug_ray.readers.hydra_config import flatten_params, load_yaml
 from mldebug_ray.readers.text_log import parse_lines, parse_logs
 
@@ -295,7 +304,7 @@ def read_transaction_log(path: Path, problems: list[str]) -> _History:
                     out.records += 1
                     try:
                         out.record(data, path.name)
-                    except (_ProtoError, IndexError):
+                    except (_ProtoError, IndexError, RecursionError):
                         out.bad_records += 1
     except OSError as exc:
         raise ReadError(f"{path.name}: {exc.strerror or exc}") from None
@@ -328,10 +337,18 @@ def _numbers(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float
             yield name, float(value)
 
 
+def _load_json(path: Path) -> Any:
+    check_size(path, MAX_JSON_DOCUMENT_BYTES, "JSON document")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _summary_metrics(path: Path, problems: list[str]) -> dict[str, list] | None:
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        summary = _load_json(path)
+    except ReadError as exc:
+        problems.append(str(exc))
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         problems.append(f"{SUMMARY}: not parsed ({type(exc).__name__})")
         return None
     if not isinstance(summary, dict):
@@ -353,8 +370,11 @@ def _summary_metrics(path: Path, problems: list[str]) -> dict[str, list] | None:
 
 def _metadata_params(path: Path, params: dict[str, Any], problems: list[str]) -> None:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        meta = _load_json(path)
+    except ReadError as exc:
+        problems.append(str(exc))
+        return
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         problems.append(f"{METADATA}: not parsed ({type(exc).__name__})")
         return
     if isinstance(meta, dict):
@@ -411,6 +431,7 @@ def read(run_dir: Path, files: list[Path]) -> SourceData:
             problems.append(f"{SUMMARY}: only the run summary was read ({why}): one row per key at the last step")
     if CONFIG in by_name:
         try:
+            check_size(by_name[CONFIG], MAX_JSON_DOCUMENT_BYTES, "YAML document")
             params.update(flatten_params(_unwrap(load_yaml(by_name[CONFIG].read_text(encoding="utf-8")))))
         except Exception as exc:  # a broken config never stops the metrics
             problems.append(f"{CONFIG}: not parsed ({type(exc).__name__})")
