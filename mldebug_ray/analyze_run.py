@@ -17,6 +17,7 @@ from mldebug_ray import paths, schema
 from mldebug_ray.config import MainConfig
 from mldebug_ray.detectors import run_detectors
 from mldebug_ray.discover import RunRef
+from mldebug_ray.errors import OutputError
 from mldebug_ray.evidence.io import write_table
 from mldebug_ray.findings import SEVERITY_RANK, findings_frame
 from mldebug_ray.fingerprint import config_digest, run_fingerprint
@@ -103,8 +104,13 @@ def analyze_run(
         findings = []
         frames = {t: schema.empty(t) for t in RUN_TABLES}
         frames["runs"] = _unreadable_row(run, f"analysis failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
-    for table in RUN_TABLES:
-        write_table(out_dir, table, frames[table], key, skip_empty=table != "runs")
+    try:
+        for table in RUN_TABLES:
+            write_table(out_dir, table, frames[table], key, skip_empty=table != "runs")
+    except OSError as exc:
+        # Disk full or read-only: this run's `runs` part (written last) is not updated, so a
+        # rerun recomputes it; the sweep stops rather than marking runs it cannot record.
+        raise OutputError(f"cannot write evidence under {out_dir}: {exc.strerror or exc}") from None
     runs_row = frames["runs"].row(0, named=True)
     worst = min((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
     return RunSummary(

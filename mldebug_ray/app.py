@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mldebug_ray.config import one_line, register_configs, to_config
-from mldebug_ray.errors import ConfigError
+from mldebug_ray.errors import ConfigError, OutputError
 from mldebug_ray.errors import EXIT_BAD_INVOCATION, EXIT_INTERRUPTED
 
 log = logging.getLogger("mldebug_ray")
@@ -67,6 +67,12 @@ def task(cfg: DictConfig) -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         print(f"mldebug_ray: error: {exc}", file=sys.stderr)
+        _exit_code = EXIT_BAD_INVOCATION
+    except (OutputError, OSError) as exc:
+        # Nothing half-written is visible (atomic parts); free space and rerun to resume.
+        message = str(exc) if isinstance(exc, OutputError) else f"cannot write outputs: {exc}"
+        log.error("%s", message)
+        print(f"mldebug_ray: error: {message}", file=sys.stderr)
         _exit_code = EXIT_BAD_INVOCATION
     except KeyboardInterrupt:
         # Parts already written are complete (atomic); a rerun with the same out_dir resumes.

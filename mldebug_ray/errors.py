@@ -18,5 +18,10 @@ class SchemaError(MldebugError):
     """A frame does not match its declared evidence-table schema."""
 
 
+class OutputError(MldebugError):
+    """The output directory cannot take what must be written (disk full, read-only): the
+    sweep stops with one line naming the path; parts already written stay whole."""
+
+
 class ReadError(MldebugError):
     """A run's file could not be read; the message names the file and why."""

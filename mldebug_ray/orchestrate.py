@@ -14,7 +14,7 @@ from typing import Iterator
 from mldebug_ray.analyze_run import RunSummary, analyze_runs, mark_unreadable
 from mldebug_ray.config import ClusterConfig, MainConfig
 from mldebug_ray.discover import RunRef
-from mldebug_ray.errors import ConfigError
+from mldebug_ray.errors import ConfigError, OutputError
 from mldebug_ray.evidence.io import scan_table
 from mldebug_ray.progress import Progress
 
@@ -115,7 +115,13 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
             batch = pending.pop(ref)
             try:
                 result = ray.get(ref)
-            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as exc:
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(getattr(exc, "cause", None), OutputError):
+                    raise exc.cause from None  # the output dir is full or read-only: stop the sweep
+                reason = f"task failed: {type(getattr(exc, 'cause', None) or exc).__name__}"
+                log.error("%s for runs %s", reason, [r.run_id for r in batch])
+                result = [mark_unreadable(run, out_dir, reason) for run in batch]
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as exc:
                 reason = f"task failed after {cfg.cluster.task_max_retries} retries: {type(exc).__name__}"
                 log.error("%s for runs %s", reason, [r.run_id for r in batch])
                 result = [mark_unreadable(run, out_dir, reason) for run in batch]

@@ -46,6 +46,9 @@ def write_table(out_dir: Path, table: str, frame: pl.DataFrame, key: str, *, ski
     try:
         frame.write_parquet(tmp, compression="zstd", statistics=True)
         os.replace(tmp, path)
+    except pl.exceptions.PolarsError as exc:
+        # polars reports a full disk as a ComputeError; callers handle storage errors as OSError
+        raise OSError(f"{path}: {' '.join(str(exc).split())[:300]}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
