@@ -13,6 +13,18 @@ from mldebug_ray.detectors import plateau  # noqa: F401,E402
 from mldebug_ray.detectors import overfitting  # noqa: F401,E402
 from mldebug_ray.detectors import architecture_imbalance  # noqa: F401,E402
 from mldebug_ray.detectors import run_incomplete  # noqa: F401,E402
+from mldebug_ray.detectors import exploding_gradients  # noqa: F401,E402
+from mldebug_ray.detectors import vanishing_gradients  # noqa: F401,E402
+from mldebug_ray.detectors import loss_scale_collapse  # noqa: F401,E402
+from mldebug_ray.detectors import fp16_overflow  # noqa: F401,E402
+from mldebug_ray.detectors import mode_collapse  # noqa: F401,E402
+from mldebug_ray.detectors import oscillation  # noqa: F401,E402
+from mldebug_ray.detectors import lr_schedule_anomaly  # noqa: F401,E402
+from mldebug_ray.detectors import eval_on_train  # noqa: F401,E402
+from mldebug_ray.detectors import catastrophic_forgetting  # noqa: F401,E402
+from mldebug_ray.detectors import memory_pressure  # noqa: F401,E402
+from mldebug_ray.detectors import known_error  # noqa: F401,E402
+from mldebug_ray.detectors import slow_convergence  # noqa: F401,E402  (sweep-level)
 from mldebug_ray.detectors.config import DetectorsConfig  # noqa: E402
 import mldebug_ray.sweep  # noqa: F401,E402  (registers the sweep-level detectors)
 from mldebug_ray.findings import Finding  # noqa: E402

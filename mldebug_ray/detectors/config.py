@@ -5,13 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from mldebug_ray.detectors.architecture_imbalance import ArchitectureImbalanceConfig
+from mldebug_ray.detectors.catastrophic_forgetting import CatastrophicForgettingConfig
 from mldebug_ray.detectors.divergence import DivergenceConfig
+from mldebug_ray.detectors.eval_on_train import EvalOnTrainConfig
+from mldebug_ray.detectors.exploding_gradients import ExplodingGradientsConfig
+from mldebug_ray.detectors.fp16_overflow import Fp16OverflowConfig
 from mldebug_ray.detectors.grad_norm_spike import GradNormSpikeConfig
+from mldebug_ray.detectors.known_error import KnownErrorConfig
+from mldebug_ray.detectors.loss_scale_collapse import LossScaleCollapseConfig
 from mldebug_ray.detectors.loss_spike import LossSpikeConfig
+from mldebug_ray.detectors.lr_schedule_anomaly import LrScheduleAnomalyConfig
+from mldebug_ray.detectors.memory_pressure import MemoryPressureConfig
+from mldebug_ray.detectors.mode_collapse import ModeCollapseConfig
 from mldebug_ray.detectors.nan_inf import NanInfConfig
+from mldebug_ray.detectors.oscillation import OscillationConfig
 from mldebug_ray.detectors.overfitting import OverfittingConfig
 from mldebug_ray.detectors.plateau import PlateauConfig
 from mldebug_ray.detectors.run_incomplete import RunIncompleteConfig
+from mldebug_ray.detectors.slow_convergence import SlowConvergenceConfig
+from mldebug_ray.detectors.vanishing_gradients import VanishingGradientsConfig
 from mldebug_ray.errors import ConfigError
 from mldebug_ray.sweep.config import HpEffectConfig, HpInstabilityBoundaryConfig, NondeterminismConfig, RankingInconsistencyConfig, ReproducibilityConfig, SeedSensitivityConfig  # noqa: E501
 
@@ -31,6 +43,19 @@ class DetectorsConfig:
     overfitting: OverfittingConfig = field(default_factory=OverfittingConfig)
     architecture_imbalance: ArchitectureImbalanceConfig = field(default_factory=ArchitectureImbalanceConfig)
     run_incomplete: RunIncompleteConfig = field(default_factory=RunIncompleteConfig)
+    exploding_gradients: ExplodingGradientsConfig = field(default_factory=ExplodingGradientsConfig)
+    vanishing_gradients: VanishingGradientsConfig = field(default_factory=VanishingGradientsConfig)
+    loss_scale_collapse: LossScaleCollapseConfig = field(default_factory=LossScaleCollapseConfig)
+    fp16_overflow: Fp16OverflowConfig = field(default_factory=Fp16OverflowConfig)
+    mode_collapse: ModeCollapseConfig = field(default_factory=ModeCollapseConfig)
+    oscillation: OscillationConfig = field(default_factory=OscillationConfig)
+    lr_schedule_anomaly: LrScheduleAnomalyConfig = field(default_factory=LrScheduleAnomalyConfig)
+    eval_on_train: EvalOnTrainConfig = field(default_factory=EvalOnTrainConfig)
+    catastrophic_forgetting: CatastrophicForgettingConfig = field(default_factory=CatastrophicForgettingConfig)
+    memory_pressure: MemoryPressureConfig = field(default_factory=MemoryPressureConfig)
+    known_error: KnownErrorConfig = field(default_factory=KnownErrorConfig)
+    slow_convergence: SlowConvergenceConfig = field(default_factory=SlowConvergenceConfig)
+    """Sweep-level: runs once over all runs, comparing each run with its peers."""
     seed_sensitivity: SeedSensitivityConfig = field(default_factory=SeedSensitivityConfig)
     hp_effect: HpEffectConfig = field(default_factory=HpEffectConfig)
     hp_instability_boundary: HpInstabilityBoundaryConfig = field(default_factory=HpInstabilityBoundaryConfig)
@@ -40,7 +65,9 @@ class DetectorsConfig:
     enabled: list[str] = field(
         default_factory=lambda: [
             "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
-            "architecture_imbalance", "run_incomplete",
+            "architecture_imbalance", "run_incomplete", "exploding_gradients", "vanishing_gradients",
+            "loss_scale_collapse", "fp16_overflow", "mode_collapse", "oscillation", "lr_schedule_anomaly",
+            "eval_on_train", "catastrophic_forgetting", "memory_pressure", "known_error", "slow_convergence",
             "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
         ]
     )

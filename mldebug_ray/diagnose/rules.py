@@ -39,6 +39,14 @@ REQUESTS_BY_KIND = {
     "plateau": "Log the learning rate and per-layer gradient norms; a gradient probe (probes.model_fn) shows whether gradients reach early layers.",
     "overfitting": "Log train and validation metrics at the same steps, and the training-set size.",
     "run_incomplete": "Provide the job's stderr/log file to see why the run stopped.",
+    "mode_collapse": "Log the training targets' label distribution per epoch and the validation predictions' top-1 share at every eval.",
+    "slow_convergence": "Provide more runs of the same config with other seeds (or the peers' configs) so the lag can be told from seed noise.",
+    "oscillation": "Log the learning rate and the validation loss more often around the swings.",
+    "exploding_gradients": "Log per-layer gradient norms every step (or run the gradient probe) around the onset.",
+    "vanishing_gradients": "Run the gradient probe (probes.model_fn) on a checkpoint to confirm per-layer gradients.",
+    "lr_schedule_anomaly": "Provide the scheduler config (type, warm-up, total steps) and the LR logged every step.",
+    "loss_scale_collapse": "Log the loss scale and the overflow/skip lines every step, and which tensor first overflows.",
+    "fp16_overflow": "Run the precision probe (or log activation maxima) to find which layer overflows fp16.",
 }
 DEFAULT_REQUEST = "Provide per-step metrics and a checkpoint near the onset so a probe can confirm the cause."
 
@@ -116,6 +124,110 @@ def _lr_param(params: pl.DataFrame, run_id: str) -> EvidenceRef | None:
     return None
 
 
+def _known_error_signature(f: Finding) -> str | None:
+    from mldebug_ray.detectors.known_error import signature_of
+
+    return signature_of(f)
+
+
+def _mode_collapse_cause(mc: Finding, others: list[Finding]) -> tuple[RootCause, set[str]]:
+    """Mode collapse joined with the overfitting it causes and the spikes at its start.
+
+    When every output becomes one class/token (e.g. a data bug that fills the targets with
+    one id), the validation loss rises while the training loss falls: the overfitting
+    detector sees a train/val gap, but the root cause is the collapse. Loss and grad-norm
+    spikes between the last diverse evaluation and the collapse are its first symptoms.
+    """
+    used = {mc.finding_id}
+    onset = mc.onset_step if mc.onset_step is not None else 0
+    steps = [int(e.where["step"]) for e in mc.evidence if isinstance(e.where.get("step"), int)]
+    window_start = min(steps) if steps else onset
+    # A model that never produced diverse outputs (low severity) did not cause a later val rise.
+    overfit = [f for f in others if f.kind == "overfitting"] if mc.severity in ("critical", "high", "medium") else []
+    spikes = [
+        f for f in others
+        if f.kind in ("loss_spike", "grad_norm_spike") and f.onset_step is not None and window_start <= f.onset_step <= onset
+    ]
+    joined = overfit + spikes
+    used.update(f.finding_id for f in joined)
+    cause = _from_finding(mc)
+    for f in joined:
+        cause.evidence.extend(e for e in f.evidence[:2] if e not in cause.evidence)
+    if overfit:
+        worst = min([mc] + overfit, key=lambda f: SEVERITY_RANK[f.severity])
+        cause.severity = worst.severity
+        cause.confidence = max(mc.confidence, 0.9) if mc.severity in ("critical", "high") else mc.confidence
+        cause.issue = (
+            f"{mc.summary}. The validation-loss rise reported as overfitting follows from it: with one output for "
+            "every input the held-out loss grows while the training loss falls"
+        )
+    if spikes:
+        cause.issue += f"; it starts with the loss/grad-norm jump at step {min(f.onset_step for f in spikes)}"
+    cause.onset_step = min([onset] + [f.onset_step for f in spikes])
+    return cause, used
+
+
+def _loss_scale_cause(ls: Finding, others: list[Finding], n_steps: int) -> tuple[RootCause, set[str]]:
+    """Loss-scale collapse joined with its overflow bursts, the scaler's give-up message and
+    the NaN/Inf that follows: one root cause, values overflowing fp16 at every scale."""
+    onset = ls.onset_step if ls.onset_step is not None else 0
+    end = ls.end_step if ls.end_step is not None else onset
+    window = max(TRANSITION_MIN_STEPS, int(TRANSITION_WINDOW_FRAC * max(n_steps, 1)))
+    used = {ls.finding_id}
+    joined = []
+    for f in others:
+        near = f.onset_step is None or onset - window <= f.onset_step <= end + window
+        if f.kind == "fp16_overflow" and near:
+            joined.append(f)
+        elif f.kind == "known_error" and _known_error_signature(f) == "loss_scale_minimum":
+            joined.append(f)
+        elif f.kind == "nan_inf" and f.onset_step is not None and onset - window <= f.onset_step:
+            joined.append(f)
+    used.update(f.finding_id for f in joined)
+    cause = _from_finding(ls)
+    for f in joined:
+        cause.evidence.extend(e for e in f.evidence[:2] if e not in cause.evidence)
+    kinds = {f.kind for f in joined}
+    severities = [ls.severity] + [f.severity for f in joined]
+    cause.severity = min(severities, key=SEVERITY_RANK.__getitem__)
+    cause.confidence = min(0.97, max(ls.confidence, 0.9 + 0.02 * len(kinds)))
+    issue = f"Mixed-precision values overflow at every loss scale: {ls.summary}"
+    if "fp16_overflow" in kinds:
+        issue += "; a burst of overflow-skipped steps"
+    if any(f.kind == "known_error" for f in joined) and "gave up" not in ls.summary:
+        issue += "; the scaler gave up at its minimum scale"
+    nan = [f for f in joined if f.kind == "nan_inf"]
+    if nan:
+        issue += f"; the loss/gradients are NaN/Inf from step {min(f.onset_step for f in nan)}"
+    cause.issue = issue
+    cause.onset_step = min([onset] + [f.onset_step for f in joined if f.onset_step is not None and f.kind != "nan_inf"])
+    return cause, used
+
+
+def _gradient_cause(g: Finding, others: list[Finding]) -> tuple[RootCause, set[str]]:
+    """Exploding gradients joined with the grad-norm spikes and NaN/Inf after their onset;
+    vanishing gradients with the plateau (and the never-diverse outputs) they cause."""
+    onset = g.onset_step if g.onset_step is not None else 0
+    if g.kind == "exploding_gradients":
+        joined = [
+            f for f in others
+            if (f.kind in ("nan_inf", "grad_norm_spike") or (f.kind == "mode_collapse" and f.severity == "low"))
+            and f.onset_step is not None and f.onset_step >= onset
+        ]
+        tail = "; the global grad norm spiked and the values turned NaN/Inf" if any(f.kind == "nan_inf" for f in joined) else ""
+    else:
+        joined = [f for f in others if f.kind == "plateau" or (f.kind == "mode_collapse" and f.severity == "low")]
+        tail = "; the loss cannot leave its starting level (plateau)" if any(f.kind == "plateau" for f in joined) else ""
+    cause = _from_finding(g)
+    for f in joined:
+        cause.evidence.extend(e for e in f.evidence[:2] if e not in cause.evidence)
+    if joined:
+        cause.severity = min([g.severity] + [f.severity for f in joined], key=SEVERITY_RANK.__getitem__)
+        cause.confidence = max(g.confidence, 0.9)
+        cause.issue = g.summary + tail
+    return cause, {g.finding_id} | {f.finding_id for f in joined}
+
+
 def _divergence_cause(
     div: Finding, others: list[Finding], n_steps: int, metrics: pl.DataFrame, params: pl.DataFrame
 ) -> tuple[RootCause, set[str]]:
@@ -133,7 +245,15 @@ def _divergence_cause(
         grad_refs.extend(spike.evidence)
     nan_after = [f for f in others if f.kind == "nan_inf" and (f.onset_step or 0) >= onset]
     used.update(f.finding_id for f in nan_after)
+    # An LR jump found by lr_schedule_anomaly at the transition is the same story.
+    lr_findings = [
+        f for f in others
+        if f.kind == "lr_schedule_anomaly" and f.onset_step is not None and abs(f.onset_step - onset) <= window
+    ]
+    used.update(f.finding_id for f in lr_findings)
     lr_ref = _lr_jump(metrics, div.run_id, onset - window, onset + window)
+    if lr_ref is None and lr_findings:
+        lr_ref = next((e for e in lr_findings[0].evidence if e.table == "metrics" and e.where.get("step") == lr_findings[0].onset_step), None)
     evidence = list(div.evidence)
     evidence += [e for e in grad_refs if e not in evidence]
     if lr_ref is not None:
@@ -183,8 +303,32 @@ def diagnose_run(
     """Root causes for one run, ranked by severity then confidence."""
     causes: list[RootCause] = []
     used: set[str] = set()
-    for div in [f for f in findings if f.kind == "divergence"]:
-        cause, joined = _divergence_cause(div, [f for f in findings if f.finding_id != div.finding_id], n_steps, metrics, params)
+    for ls in [f for f in findings if f.kind == "loss_scale_collapse"]:
+        cause, joined = _loss_scale_cause(ls, [f for f in findings if f.finding_id != ls.finding_id], n_steps)
+        causes.append(cause)
+        used |= joined
+    # A `low` mode collapse (outputs never diverse) is a symptom of no learning, joined below.
+    for mc in [f for f in findings if f.kind == "mode_collapse" and f.severity != "low" and f.finding_id not in used]:
+        cause, joined = _mode_collapse_cause(mc, [f for f in findings if f.finding_id not in used and f.finding_id != mc.finding_id])
+        causes.append(cause)
+        used |= joined
+    for g in [f for f in findings if f.kind in ("exploding_gradients", "vanishing_gradients") and f.finding_id not in used]:
+        cause, joined = _gradient_cause(g, [f for f in findings if f.finding_id not in used and f.finding_id != g.finding_id])
+        causes.append(cause)
+        used |= joined
+    # An OOM seen by memory_pressure and by the known_error signature library is one cause.
+    for mp in [f for f in findings if f.kind == "memory_pressure" and f.finding_id not in used]:
+        oom_errors = [f for f in findings if f.kind == "known_error" and _known_error_signature(f) in ("cuda_oom", "host_oom") and f.finding_id not in used]
+        if not oom_errors:
+            continue
+        cause = _from_finding(mp)
+        for f in oom_errors:
+            cause.evidence.extend(e for e in f.evidence if e not in cause.evidence)
+            cause.fix = cause.fix or f.fix
+        causes.append(cause)
+        used |= {mp.finding_id} | {f.finding_id for f in oom_errors}
+    for div in [f for f in findings if f.kind == "divergence" and f.finding_id not in used]:
+        cause, joined = _divergence_cause(div, [f for f in findings if f.finding_id != div.finding_id and f.finding_id not in used], n_steps, metrics, params)
         causes.append(cause)
         used |= joined
     by_kind: dict[str, list[Finding]] = defaultdict(list)

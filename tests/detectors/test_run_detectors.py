@@ -3,11 +3,16 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mldebug_ray.detectors import DETECTORS, DetectorsConfig, run_detectors
+from mldebug_ray.detectors import DETECTORS, SWEEP_DETECTORS, DetectorsConfig, run_detectors
 from mldebug_ray.detectors.base import Detector
 from mldebug_ray.errors import ConfigError
 
-NAMES = ["nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting", "architecture_imbalance", "run_incomplete"]
+NAMES = [
+    "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting", "architecture_imbalance",
+    "run_incomplete", "exploding_gradients", "vanishing_gradients", "loss_scale_collapse", "fp16_overflow",
+    "mode_collapse", "oscillation", "lr_schedule_anomaly", "eval_on_train", "catastrophic_forgetting",
+    "memory_pressure", "known_error",
+]
 
 
 def test_every_detector_is_registered_with_a_config_field():
@@ -15,7 +20,11 @@ def test_every_detector_is_registered_with_a_config_field():
     for name in NAMES:
         assert name in DETECTORS
         assert hasattr(cfg, DETECTORS[name].config_key)
-    assert cfg.enabled == NAMES
+    assert "slow_convergence" in SWEEP_DETECTORS
+    assert cfg.enabled[: len(NAMES) + 1] == NAMES + ["slow_convergence"]
+    for name in cfg.enabled:  # run-level or sweep-level, each with its config field
+        entry = DETECTORS.get(name) or SWEEP_DETECTORS[name]
+        assert hasattr(cfg, entry.config_key)
 
 
 def test_a_detector_that_raises_is_reported_and_the_others_still_run(make_ev, rows, monkeypatch):
