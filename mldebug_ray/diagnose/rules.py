@@ -205,13 +205,14 @@ def _loss_scale_cause(ls: Finding, others: list[Finding], n_steps: int) -> tuple
 
 
 def _gradient_cause(g: Finding, others: list[Finding]) -> tuple[RootCause, set[str]]:
-    """Exploding gradients joined with the grad-norm spikes and NaN/Inf after their onset;
+    """Exploding gradients joined with the grad-norm spikes, NaN/Inf values and NaN/Inf
+    checkpoint weights after their onset;
     vanishing gradients with the plateau (and the never-diverse outputs) they cause."""
     onset = g.onset_step if g.onset_step is not None else 0
     if g.kind == "exploding_gradients":
         joined = [
             f for f in others
-            if (f.kind in ("nan_inf", "grad_norm_spike") or (f.kind == "mode_collapse" and f.severity == "low"))
+            if (f.kind in ("nan_inf", "grad_norm_spike", "nonfinite_weights") or (f.kind == "mode_collapse" and f.severity == "low"))
             and f.onset_step is not None and f.onset_step >= onset
         ]
         tail = "; the global grad norm spiked and the values turned NaN/Inf" if any(f.kind == "nan_inf" for f in joined) else ""

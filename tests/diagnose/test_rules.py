@@ -135,3 +135,19 @@ def test_an_oom_seen_by_memory_pressure_and_known_error_is_one_cause():
     ]
     out = diagnose_run("r", findings, 100, EMPTY_METRICS, EMPTY_PARAMS, AgentConfig())
     assert [c["kind"] for c in out["root_causes"]] == ["memory_pressure"]
+
+
+def test_exploding_gradients_explain_the_nan_and_the_nonfinite_weights_after_them():
+    findings = [
+        finding("exploding_gradients", 70, "grad_norm/mlp.2.weight", 5e18, "critical", 0.9),
+        finding("nan_inf", 157, "train/loss", float("nan"), "critical", 0.99),
+        finding("grad_norm_spike", 141, "train/grad_norm", 1.6e19, "high", 0.9),
+        Finding(
+            kind="nonfinite_weights", severity="critical", confidence=0.95, summary="NaN weights at step 200",
+            evidence=(EvidenceRef("layers", {"run_id": "r", "step": 200, "layer": "mlp.0.weight"}, 1.0, "nonfinite_frac 1"),),
+            detector="nonfinite_weights", run_id="r", onset_step=200, fix="fix",
+        ),
+    ]
+    out = diagnose_run("r", findings, 200, EMPTY_METRICS, EMPTY_PARAMS, AgentConfig())
+    assert [c["kind"] for c in out["root_causes"]] == ["exploding_gradients"]
+    assert {e["table"] for e in out["root_causes"][0]["evidence"]} == {"metrics", "layers"}
