@@ -22,7 +22,7 @@ import polars as pl
 from mldebug_ray import schema
 from mldebug_ray.config import AgentConfig
 from mldebug_ray.diagnose.rules import DEFAULT_REQUEST, REQUESTS_BY_KIND
-from mldebug_ray.evidence.check import VALUE_RTOL, reference_holds, select
+from mldebug_ray.evidence.check import holds_value, reference_holds, select
 from mldebug_ray.findings import KINDS, SEVERITIES, SEVERITY_RANK, EvidenceRef
 
 SUBMIT_TOOL = "submit_diagnosis"
@@ -254,13 +254,8 @@ def _column_holds(out_dir: Path, table: str, where: Mapping[str, Any], column: s
     if column not in rows.columns or not rows.schema[column].is_numeric():
         return False, f"{table} has no numeric column {column!r}"
     wanted = float(value)
-    for seen in rows[column].cast(pl.Float64).to_list():
-        if seen is None:
-            continue
-        if math.isnan(wanted) and math.isnan(seen):
-            return True, ""
-        if seen == wanted or (math.isfinite(seen) and abs(seen - wanted) <= VALUE_RTOL * max(abs(seen), abs(wanted))):
-            return True, ""
+    if holds_value(rows[column].cast(pl.Float64).to_list(), wanted):
+        return True, ""
     return False, f"rows of {table} matching {dict(where)} do not hold {column} = {value}"
 
 

@@ -27,6 +27,18 @@ def select(out_dir: Path, table: str, where: Mapping[str, Any]) -> pl.DataFrame:
     return lazy.collect()
 
 
+def holds_value(seen_values, wanted: float) -> bool:
+    """Whether any of `seen_values` equals `wanted` (relative tolerance VALUE_RTOL; NaN matches NaN)."""
+    for seen in seen_values:
+        if seen is None:
+            continue
+        if math.isnan(wanted) and math.isnan(seen):
+            return True
+        if seen == wanted or (math.isfinite(seen) and abs(seen - wanted) <= VALUE_RTOL * max(abs(seen), abs(wanted))):
+            return True
+    return False
+
+
 def reference_holds(out_dir: Path, ref: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether a reference ({table, where, value}) selects at least one row, and why not.
 
@@ -43,11 +55,6 @@ def reference_holds(out_dir: Path, ref: Mapping[str, Any]) -> tuple[bool, str]:
         wanted = float(value)
     except (TypeError, ValueError):
         return True, ""
-    for seen in rows["value"].to_list():
-        if seen is None:
-            continue
-        if math.isnan(wanted) and math.isnan(seen):
-            return True, ""
-        if seen == wanted or (math.isfinite(seen) and abs(seen - wanted) <= VALUE_RTOL * max(abs(seen), abs(wanted))):
-            return True, ""
+    if holds_value(rows["value"].to_list(), wanted):
+        return True, ""
     return False, f"rows of {ref['table']} matching {dict(ref['where'])} do not hold value {value}"

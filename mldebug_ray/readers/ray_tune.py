@@ -31,7 +31,6 @@ Ownership (other readers also claim some of these files; gather keeps, for each
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,9 @@ from mldebug_ray.readers.base import (
     reader,
 )
 from mldebug_ray.readers.hydra_config import flatten_params
-from mldebug_ray.readers.jsonl_metrics import RAY_FIELDS, STEP_KEYS, WALL_KEYS
+from mldebug_ray.readers.jsonl_metrics import RAY_FIELDS, WALL_KEYS
+from mldebug_ray.readers.jsonl_metrics import _flatten_numbers as _numbers
+from mldebug_ray.readers.jsonl_metrics import _step_of
 from mldebug_ray.readers.text_log import parse_logs
 
 RESULT = "result.json"
@@ -73,22 +74,6 @@ def detect(run_dir: Path) -> list[Path]:
         return []
     return [names[n] for n in (RESULT, PARAMS, ERROR_TXT, ERROR_PKL) if n in names]
 
-
-def _numbers(obj: dict[str, Any], prefix: str, out: dict[str, float]) -> None:
-    for key, value in obj.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            _numbers(value, name, out)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-
-
-def _step_of(record: dict[str, Any]) -> tuple[str | None, int | None]:
-    for key in STEP_KEYS:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return key, int(value)
-    return None, None
 
 
 def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.DataFrame:
