@@ -152,8 +152,27 @@ class ProbesConfig:
     """`module:function(params) -> splits`; optional."""
     code_paths: list[str] = field(default_factory=list)
     """Folders added to sys.path to import the entry points above."""
+    model_probes: list[str] = field(default_factory=lambda: ["gradients", "activations", "outputs", "memory", "precision"])
+    """Model-in-the-loop probes run on each scanned checkpoint when model_fn and batch_fn are set."""
+    model_steps: int = 1
+    """Forward/backward passes per checkpoint; gradients are their mean (gradient accumulation)."""
+    gpus_per_task: float = 0.25
+    """GPUs a Ray task asks for when its probes use CUDA; a fraction shares one device between tasks."""
+    telemetry_interval_s: float = 0.2
+    """NVML sampling period while probes run on a GPU."""
 
     def __post_init__(self) -> None:
+        from mldebug_ray.probes.run_probes import MODEL_PROBES
+
+        unknown = [p for p in self.model_probes if p not in MODEL_PROBES]
+        if unknown:
+            raise ConfigError(f"probes.model_probes: unknown probe(s) {unknown}; known: {list(MODEL_PROBES)}")
+        if self.model_steps < 1:
+            raise ConfigError(f"probes.model_steps must be >= 1, got {self.model_steps}")
+        if not 0 < self.gpus_per_task <= 8:
+            raise ConfigError(f"probes.gpus_per_task must be in (0, 8], got {self.gpus_per_task}")
+        if not 0 < self.telemetry_interval_s <= 60:
+            raise ConfigError(f"probes.telemetry_interval_s must be in (0, 60], got {self.telemetry_interval_s}")
         if self.max_checkpoints_per_run < 0:
             raise ConfigError(f"probes.max_checkpoints_per_run must be >= 0, got {self.max_checkpoints_per_run}")
         if self.device not in PROBE_DEVICES:

@@ -16,6 +16,7 @@ from mldebug_ray.config import ClusterConfig, MainConfig
 from mldebug_ray.discover import RunRef
 from mldebug_ray.errors import ConfigError, OutputError
 from mldebug_ray.evidence.io import scan_table
+from mldebug_ray.probes.device import task_gpus
 from mldebug_ray.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,14 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
     """Analyse every run on the cluster; each task writes its own parts and returns summaries."""
     import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1))
     batches = batch_runs(runs, cpus, cfg.cluster.runs_per_task)
     max_in_flight = cfg.cluster.max_in_flight or 2 * cpus
-    remote = ray.remote(num_cpus=1, max_retries=cfg.cluster.task_max_retries)(analyze_runs)
+    # Probes on CUDA: each task asks for a (fractional) GPU so Ray places it on a GPU node
+    # and sets its CUDA_VISIBLE_DEVICES (probes/device.py task_gpus).
+    num_gpus = task_gpus(cfg.probes, resources)
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=cfg.cluster.task_max_retries)(analyze_runs)
     cfg_ref = ray.put(cfg)
     previous = previous_fingerprints(out_dir)
     progress = Progress(len(runs), cfg.progress)

@@ -81,6 +81,15 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "max_abs": pl.Float64,
         "zero_frac": pl.Float64,
         "nonfinite_frac": pl.Float64,
+        # Shares of the tensor that a cast to fp16 / bf16 turns into Inf (overflow) or 0
+        # (underflow), and ||w_t - w_s|| / ||w_s|| against the previous scanned checkpoint
+        # at step update_from_step (probes/weights.py).
+        "fp16_overflow_frac": pl.Float64,
+        "fp16_underflow_frac": pl.Float64,
+        "bf16_overflow_frac": pl.Float64,
+        "bf16_underflow_frac": pl.Float64,
+        "update_ratio": pl.Float64,
+        "update_from_step": pl.Int64,
     },
     "gradients": {
         "run_id": pl.String,
@@ -108,6 +117,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "device": pl.String,
         "peak_allocated_bytes": pl.Int64,
         "reserved_bytes": pl.Int64,
+        "device_total_bytes": pl.Int64,  # the device's memory, the limit peaks compare with
     },
     "precision": {
         "run_id": pl.String,
@@ -117,6 +127,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "rel_err_vs_fp32": pl.Float64,
         "overflow_frac": pl.Float64,
         "underflow_frac": pl.Float64,
+        "loss_scale": pl.Float64,  # the scale the low-precision backward ran at
+        "recommended_loss_scale": pl.Float64,  # fp16 total row: largest clean power of two
     },
     "outputs": {
         "run_id": pl.String,
@@ -133,6 +145,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "mem_used_bytes": pl.Int64,
         "power_w": pl.Float64,
         "temp_c": pl.Float64,
+        "throttle_reasons": pl.Int64,  # NVML clocks-event reasons bit mask, 0 = not throttled
     },
     "findings": {
         "finding_id": pl.String,
@@ -178,13 +191,15 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "metrics": frozenset({"wall_time_s", "split", "source"}),
     "events": frozenset({"step", "file", "line"}),
     "checkpoints": frozenset({"n_params", "bytes", "status", "reason"}),
-    "layers": frozenset(),
+    "layers": frozenset(
+        {"fp16_overflow_frac", "fp16_underflow_frac", "bf16_overflow_frac", "bf16_underflow_frac", "update_ratio", "update_from_step"}
+    ),
     "gradients": frozenset({"update_ratio"}),
     "activations": frozenset(),
-    "memory": frozenset({"reserved_bytes"}),
-    "precision": frozenset(),
+    "memory": frozenset({"reserved_bytes", "device_total_bytes"}),
+    "precision": frozenset({"loss_scale", "recommended_loss_scale"}),
     "outputs": frozenset(),
-    "gpu": frozenset({"power_w", "temp_c"}),
+    "gpu": frozenset({"power_w", "temp_c", "throttle_reasons"}),
     "findings": frozenset({"run_id", "run_ids", "onset_step", "end_step"}),
     "agent_calls": frozenset({"run_id", "stop_reason", "cost_usd", "latency_s", "evidence_hash", "error", "result_json"}),
 }

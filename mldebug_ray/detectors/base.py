@@ -22,6 +22,13 @@ class RunEvidence:
     events: pl.DataFrame = field(default_factory=lambda: schema.empty("events"))
     checkpoints: pl.DataFrame = field(default_factory=lambda: schema.empty("checkpoints"))
     layers: pl.DataFrame = field(default_factory=lambda: schema.empty("layers"))
+    # Model-in-the-loop probes and telemetry (probes/run_probes.py); empty without probes.
+    gradients: pl.DataFrame = field(default_factory=lambda: schema.empty("gradients"))
+    activations: pl.DataFrame = field(default_factory=lambda: schema.empty("activations"))
+    memory: pl.DataFrame = field(default_factory=lambda: schema.empty("memory"))
+    precision: pl.DataFrame = field(default_factory=lambda: schema.empty("precision"))
+    outputs: pl.DataFrame = field(default_factory=lambda: schema.empty("outputs"))
+    gpu: pl.DataFrame = field(default_factory=lambda: schema.empty("gpu"))
 
     def table(self, name: str) -> pl.DataFrame:
         return getattr(self, name)

@@ -24,6 +24,10 @@ from mldebug_ray.detectors.plateau import PlateauConfig
 from mldebug_ray.detectors.run_incomplete import RunIncompleteConfig
 from mldebug_ray.detectors.slow_convergence import SlowConvergenceConfig
 from mldebug_ray.detectors.vanishing_gradients import VanishingGradientsConfig
+from mldebug_ray.detectors.dead_units import DeadUnitsConfig
+from mldebug_ray.detectors.nonfinite_weights import NonfiniteWeightsConfig
+from mldebug_ray.detectors.saturated_activations import SaturatedActivationsConfig
+from mldebug_ray.detectors.update_ratio_anomaly import UpdateRatioAnomalyConfig
 from mldebug_ray.errors import ConfigError
 from mldebug_ray.sweep.config import HpEffectConfig, HpInstabilityBoundaryConfig, NondeterminismConfig, RankingInconsistencyConfig, ReproducibilityConfig, SeedSensitivityConfig  # noqa: E501
 
@@ -62,6 +66,10 @@ class DetectorsConfig:
     ranking_inconsistency: RankingInconsistencyConfig = field(default_factory=RankingInconsistencyConfig)
     nondeterminism: NondeterminismConfig = field(default_factory=NondeterminismConfig)
     reproducibility: ReproducibilityConfig = field(default_factory=ReproducibilityConfig)
+    dead_units: DeadUnitsConfig = field(default_factory=DeadUnitsConfig)
+    saturated_activations: SaturatedActivationsConfig = field(default_factory=SaturatedActivationsConfig)
+    nonfinite_weights: NonfiniteWeightsConfig = field(default_factory=NonfiniteWeightsConfig)
+    update_ratio_anomaly: UpdateRatioAnomalyConfig = field(default_factory=UpdateRatioAnomalyConfig)
     enabled: list[str] = field(
         default_factory=lambda: [
             "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
@@ -69,6 +77,7 @@ class DetectorsConfig:
             "loss_scale_collapse", "fp16_overflow", "mode_collapse", "oscillation", "lr_schedule_anomaly",
             "eval_on_train", "catastrophic_forgetting", "memory_pressure", "known_error", "slow_convergence",
             "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
+            "dead_units", "saturated_activations", "nonfinite_weights", "update_ratio_anomaly",
         ]
     )
     """Detectors that run, by name; every name needs a field of the same name above."""

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from mldebug_ray.errors import ReadError
 from mldebug_ray.probes import checkpoint_scan
 from mldebug_ray.probes.checkpoint_scan import module_shares, module_type, scan_checkpoint
-from mldebug_ray.schema import TABLES
+from mldebug_ray.schema import OPTIONAL, TABLES
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -73,7 +73,8 @@ def test_safetensors_stats_match_numpy_including_nonfinite_and_bf16(tmp_path):
     tensors = _tensors()
     save_file(tensors, str(tmp_path / "model.safetensors"))
     frame = scan_checkpoint(tmp_path, "model.safetensors", "safetensors")
-    expected_columns = [c for c in TABLES["layers"] if c not in ("run_id", "step")]
+    # The optional columns (cast shares, update ratios) come from probes/weights.py.
+    expected_columns = [c for c in TABLES["layers"] if c not in ("run_id", "step") and c not in OPTIONAL["layers"]]
     assert frame.columns == expected_columns
     assert dict(frame.schema) == {c: TABLES["layers"][c] for c in expected_columns}
     _check(frame, tensors)
