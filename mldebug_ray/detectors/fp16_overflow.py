@@ -114,7 +114,7 @@ def fp16_overflow(ev: RunEvidence, cfg: Fp16OverflowConfig) -> list[Finding]:
     Evidence: `overflow_skip` events and log lines such as DeepSpeed's `OVERFLOW! Rank 0
     Skipping step` or Apex's `Gradient overflow. Skipping step`; else skip counters
     (Megatron `number of skipped iterations`, DeepSpeed `skipped=N`); the precision probe's
-    `overflow_frac` when present. A dynamic loss scaler skips a step and halves the scale on
+    `overflow_frac` when present (float16 rows only where no loss scale >= 1 ran clean). A dynamic loss scaler skips a step and halves the scale on
     any Inf/NaN and grows it again after 2000 clean steps (torch.amp GradScaler defaults,
     FIELD-NOTES), so an isolated skip every few thousand steps is the scaler working. A
     burst, >= 3 skips with no gap above 100 steps, means the values overflow whatever the
@@ -166,10 +166,22 @@ def _last_step(ev: RunEvidence) -> int | None:
     return max(steps) if steps else None
 
 
+def _beyond_loss_scaling(table: pl.DataFrame) -> pl.DataFrame:
+    """The precision rows without the float16 rows of probe steps where a loss scale >= 1 runs
+    clean (the probe's `recommended_loss_scale`): overflow at the starting scale 2^16 is then
+    GradScaler calibrating, which one skipped step fixes, not values beyond fp16."""
+    if "recommended_loss_scale" not in table.columns:
+        return table
+    scale = pl.col("recommended_loss_scale")
+    clean = table.filter(pl.col("layer").is_null() & (pl.col("dtype") == "float16") & scale.is_finite() & (scale >= 1.0))["step"]
+    return table.filter(~((pl.col("dtype") == "float16") & pl.col("step").is_in(clean.implode())))
+
+
 def _precision_probe(ev: RunEvidence, cfg: Fp16OverflowConfig) -> list[Finding]:
     table = probe_table(ev, "precision")
     if table is None or "overflow_frac" not in table.columns:
         return []
+    table = _beyond_loss_scaling(table)
     bad = table.filter(pl.col("overflow_frac") > cfg.min_overflow_frac).sort(["step", "overflow_frac"], descending=[False, True])
     if bad.height == 0:
         return []
