@@ -17,8 +17,17 @@ import mldebug_ray
 from mldebug_ray.evidence.io import read_table
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def task_worker_pids() -> list[int]:
-    """PIDs of Ray workers currently running our task (Ray titles them `ray::analyze_runs`)."""
+    """PIDs of this test session's Ray workers running our task (Ray titles them
+    `ray::analyze_runs`). Only workers whose raylet this process started: another Ray on
+    the machine is never touched."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -28,7 +37,7 @@ def task_worker_pids() -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().split()[2]
         except OSError:
             continue
-        if cmdline.startswith(b"ray::analyze_runs") and state != "Z":
+        if cmdline.startswith(b"ray::analyze_runs") and state != "Z" and _ppid(_ppid(int(entry))) == os.getpid():
             pids.append(int(entry))
     return pids
 
