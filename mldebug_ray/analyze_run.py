@@ -5,7 +5,9 @@ No Ray here: `orchestrate` wraps `analyze_runs` in a task; tests call it directl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import resource
 import time
 import traceback
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ class RunSummary:
     worst_severity: str | None
     elapsed_s: float
     cached: bool = False
+    worker_peak_rss_bytes: int = 0  # the task process's peak RSS after this run (Linux ru_maxrss)
 
 
 def cached_summary(run: RunRef, out_dir: Path, fingerprint: str) -> RunSummary | None:
@@ -147,4 +150,6 @@ def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str, previous: di
     logging.basicConfig(level=logging.INFO)
     previous = previous or {}
     config_fp = config_digest(cfg.probes, cfg.detectors)
-    return [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id), config_fp) for run in runs]
+    summaries = [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id), config_fp) for run in runs]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return [dataclasses.replace(s, worker_peak_rss_bytes=peak) for s in summaries]

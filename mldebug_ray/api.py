@@ -67,14 +67,9 @@ def _quote(value: Any) -> str:
     return f"'{text}'"
 
 
-def analyze(roots: str | Path | list, out_dir: str | Path | None = None, **overrides: Any) -> dict[str, Path]:
-    """Run the pipeline over `roots`; overrides use the command line's dotted keys.
-
-    Dotted keys are passed with `__` in place of dots (``cluster__num_cpus=2``) or
-    as a dict under ``overrides={"cluster.num_cpus": 2}``.
-    """
+def compose_config(roots: str | Path | list, out_dir: str | Path | None = None, **overrides: Any):
+    """The validated MainConfig for `roots`, composed exactly as the command line would."""
     from mldebug_ray.app import config_dir
-    from mldebug_ray.pipeline import run_pipeline
 
     register_configs()
     if isinstance(roots, (str, Path)):
@@ -93,7 +88,18 @@ def analyze(roots: str | Path | list, out_dir: str | Path | None = None, **overr
             cfg = compose(config_name="config", overrides=args)
     finally:
         GlobalHydra.instance().clear()
-    config = to_config(OmegaConf.to_container(cfg, resolve=True))
+    return to_config(OmegaConf.to_container(cfg, resolve=True))
+
+
+def analyze(roots: str | Path | list, out_dir: str | Path | None = None, **overrides: Any) -> dict[str, Path]:
+    """Run the pipeline over `roots`; overrides use the command line's dotted keys.
+
+    Dotted keys are passed with `__` in place of dots (``cluster__num_cpus=2``) or
+    as a dict under ``overrides={"cluster.num_cpus": 2}``.
+    """
+    from mldebug_ray.pipeline import run_pipeline
+
+    config = compose_config(roots, out_dir, **overrides)
     logging.getLogger("mldebug_ray").setLevel(logging.INFO)
     result = run_pipeline(config, Path(config.out_dir), print_summary=False)
     return result.paths

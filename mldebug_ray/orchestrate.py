@@ -133,6 +133,9 @@ def fan_out(runs: list[RunRef], cfg: MainConfig, out_dir: Path) -> list[RunSumma
             summaries.extend(result)
             progress.update(len(result), sum(1 for s in result if s.status == "unreadable"))
     progress.close()
+    peak = max((s.worker_peak_rss_bytes for s in summaries), default=0)
+    if peak:
+        log.info("workers' peak RSS: %.0f MB", peak / 2**20)
     reused = sum(1 for s in summaries if s.cached)
     if reused:
         log.info("reused the cached evidence of %d of %d runs (unchanged files and config)", reused, len(runs))

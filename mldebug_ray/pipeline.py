@@ -34,6 +34,7 @@ class PipelineResult:
     n_runs: int
     n_unreadable: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    worker_peak_rss_bytes: int = 0
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -123,4 +124,5 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
         n_runs=len(runs),
         n_unreadable=n_unreadable,
         timings_s=timings,
+        worker_peak_rss_bytes=max((s.worker_peak_rss_bytes for s in summaries), default=0),
     )
