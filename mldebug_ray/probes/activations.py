@@ -55,15 +55,16 @@ def _moments(y: Any) -> tuple[Any, Any]:
 
     On the CPU a float64 copy of every activation costs more than the layer that made it
     (fresh pages for each large temporary), so the fast path is the float32-accumulated
-    sum of squares minus n * mean^2, used when the variance is at least 1% of mean^2
-    (then the cancellation costs under ~1e-5 relative); otherwise, and on GPUs (where the
-    copy is cheap and a branch would cost a sync), the two-pass float64 computation.
+    sum and sum of squares (sum of squares minus n * mean^2), used when the variance is at
+    least 1% of mean^2: then the float32 sums and the cancellation cost ~1e-6 of the std;
+    otherwise, and on GPUs (where the copy is cheap and a branch would cost a sync), the
+    two-pass float64 computation.
     """
     import torch
 
     n = y.numel()
     if y.device.type == "cpu" and n and y.dtype == torch.float32:
-        mean = y.mean(dtype=torch.float64)
+        mean = y.sum().to(torch.float64) / n
         m2 = torch.linalg.vector_norm(y).to(torch.float64) ** 2 - n * mean * mean
         if bool(torch.isfinite(m2)) and float(m2) >= 0.01 * n * float(mean) ** 2:
             return mean, m2

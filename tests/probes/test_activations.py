@@ -52,7 +52,8 @@ def test_dead_saturated_mean_std_equal_the_slow_oracle(seed):
     for name, (inp, out) in seen.items():
         row = rows[name]
         values = out.double().reshape(-1)
-        assert row["mean"] == pytest.approx(float(values.mean()), rel=1e-9, abs=1e-12)
+        spread = float(values.abs().max())
+        assert row["mean"] == pytest.approx(float(values.mean()), rel=1e-5, abs=1e-6 * spread)
         assert row["std"] == pytest.approx(float(values.std(unbiased=False)), rel=1e-5, abs=1e-12)
         module = model[int(name)]
         if isinstance(module, (nn.ReLU, nn.GELU)):
@@ -79,7 +80,7 @@ def test_moments_stay_accurate_when_the_mean_dwarfs_the_spread(mean, std):
         recorder.model(y)
     (row,) = recorder.rows()
     y64 = y.double()
-    assert row["mean"] == pytest.approx(float(y64.mean()), rel=1e-12, abs=1e-15)
+    assert row["mean"] == pytest.approx(float(y64.mean()), rel=1e-9, abs=1e-6 * (std + abs(mean)))
     assert row["std"] == pytest.approx(float(y64.std(unbiased=False)), rel=1e-4, abs=1e-12)
 
 
