@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from functools import lru_cache
@@ -32,9 +33,39 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def user_code_listing(probes) -> list[str]:
+    """Names, sizes and mtimes of the Python files under `probes.code_paths` and of the
+    modules the probe entry points name, so that a changed `model_fn` recomputes."""
+    listing: list[str] = []
+    for root in getattr(probes, "code_paths", None) or []:
+        for path in sorted(Path(root).rglob("*.py")):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            listing.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}")
+    for key in ("model_fn", "batch_fn", "loss_fn", "data_fn"):
+        spec = getattr(probes, key, None)
+        if not spec:
+            continue
+        try:
+            found = importlib.util.find_spec(spec.partition(":")[0])
+        except (ImportError, ValueError):
+            found = None
+        origin = getattr(found, "origin", None)
+        if origin and os.path.isfile(origin):
+            st = os.stat(origin)
+            listing.append(f"{origin}\0{st.st_size}\0{st.st_mtime_ns}")
+    return listing
+
+
 def config_digest(probes, detectors) -> str:
-    """Hash of the config sections that change a run's evidence."""
-    blob = json.dumps({"probes": dataclasses.asdict(probes), "detectors": dataclasses.asdict(detectors)}, sort_keys=True, default=str)
+    """Hash of the config sections that change a run's evidence, and of the user's probe code."""
+    blob = json.dumps(
+        {"probes": dataclasses.asdict(probes), "detectors": dataclasses.asdict(detectors), "code": user_code_listing(probes)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

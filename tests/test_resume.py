@@ -148,3 +148,17 @@ def test_driver_killed_mid_sweep_then_rerun_matches_an_uninterrupted_run(tmp_pat
         got, want = canonical(out, table), canonical(reference, table)
         assert got.equals(want), (table, got.height, want.height)
     assert not [p for p in (out / "evidence").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_changed_probe_entry_point_changes_the_config_digest(tmp_path):
+    from mldebug_ray.config import DetectorsConfig, ProbesConfig
+    from mldebug_ray.fingerprint import config_digest
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_models.py").write_text("def model_fn(params):\n    return None\n")
+    probes = ProbesConfig(model_fn="my_models:model_fn", code_paths=[str(code)])
+    before = config_digest(probes, DetectorsConfig())
+    assert config_digest(probes, DetectorsConfig()) == before
+    (code / "my_models.py").write_text("def model_fn(params):\n    return 1  # changed\n")
+    assert config_digest(probes, DetectorsConfig()) != before
