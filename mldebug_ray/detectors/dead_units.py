@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from mldebug_ray.detectors.activation_layers import layer_share_evidence
 from mldebug_ray.detectors.base import RunEvidence, detector
 from mldebug_ray.detectors.series import finding_id, fmt
 from mldebug_ray.errors import ConfigError
-from mldebug_ray.findings import EvidenceRef, Finding
+from mldebug_ray.findings import Finding
 
 
 @dataclass
@@ -53,16 +54,7 @@ def dead_units(ev: RunEvidence, cfg: DeadUnitsConfig) -> list[Finding]:
     rid = ev.run_id
     n_relu = rows.filter(pl.col("step") == newest).height
     worst = dead.row(0, named=True)
-    names = dead["layer"].to_list()
-    earlier = rows.filter(pl.col("layer").is_in(names) & (pl.col("dead_frac") > cfg.max_dead_frac)).sort("step")
-    onset = int(earlier["step"][0])
-    evidence = [
-        EvidenceRef("activations", {"run_id": rid, "step": int(newest), "layer": r["layer"]}, r["dead_frac"], f"{r['layer']}: {fmt(100 * r['dead_frac'])}% of units dead at step {newest}")
-        for r in dead.head(3).iter_rows(named=True)
-    ]
-    if onset != newest:
-        first = earlier.row(0, named=True)
-        evidence.append(EvidenceRef("activations", {"run_id": rid, "step": onset, "layer": first["layer"]}, first["dead_frac"], f"{first['layer']} already {fmt(100 * first['dead_frac'])}% dead at step {onset}"))
+    onset, evidence = layer_share_evidence(rows, dead, "dead_frac", cfg.max_dead_frac, newest, rid, "dead", "of units")
     severity = "high" if worst["dead_frac"] >= cfg.high_dead_frac else "medium"
     return [
         Finding(

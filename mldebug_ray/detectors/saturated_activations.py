@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from mldebug_ray.detectors.activation_layers import layer_share_evidence
 from mldebug_ray.detectors.base import RunEvidence, detector
 from mldebug_ray.detectors.series import finding_id, fmt
 from mldebug_ray.errors import ConfigError
-from mldebug_ray.findings import EvidenceRef, Finding
+from mldebug_ray.findings import Finding
 
 
 @dataclass
@@ -55,15 +56,7 @@ def saturated_activations(ev: RunEvidence, cfg: SaturatedActivationsConfig) -> l
     rid = ev.run_id
     n_layers = rows.filter(pl.col("step") == newest).height
     worst = bad.row(0, named=True)
-    earlier = rows.filter(pl.col("layer").is_in(bad["layer"].to_list()) & (pl.col("saturated_frac") > cfg.max_saturated_frac)).sort("step")
-    onset = int(earlier["step"][0])
-    evidence = [
-        EvidenceRef("activations", {"run_id": rid, "step": int(newest), "layer": r["layer"]}, r["saturated_frac"], f"{r['layer']}: {fmt(100 * r['saturated_frac'])}% of inputs saturated at step {newest}")
-        for r in bad.head(3).iter_rows(named=True)
-    ]
-    if onset != newest:
-        first = earlier.row(0, named=True)
-        evidence.append(EvidenceRef("activations", {"run_id": rid, "step": onset, "layer": first["layer"]}, first["saturated_frac"], f"{first['layer']} already {fmt(100 * first['saturated_frac'])}% saturated at step {onset}"))
+    onset, evidence = layer_share_evidence(rows, bad, "saturated_frac", cfg.max_saturated_frac, newest, rid, "saturated", "of inputs")
     severity = "high" if worst["saturated_frac"] >= cfg.high_saturated_frac else "medium"
     return [
         Finding(
