@@ -148,6 +148,32 @@ def _split_matches(found: str | None, wanted: str | None) -> bool:
     return found == wanted
 
 
+# The per-key counts of the frame asked about last: every detector asks keys_for_role
+# about the same run's metrics, so one group-by serves them all. Holding the last frame
+# (one run's metrics, in one process) is the price; `is` keeps it exact.
+_counts_cache: tuple[pl.DataFrame | None, pl.DataFrame | None] = (None, None)
+
+
+def _key_counts(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Finite points, rows and last step per (key[, split]) of `metrics`."""
+    global _counts_cache
+    frame, counts = _counts_cache
+    if frame is metrics and counts is not None:
+        return counts
+    cols = ["key", "split"] if "split" in metrics.columns else ["key"]
+    counts = (
+        metrics.select(cols + ["value", "step"])
+        .group_by(cols)
+        .agg(
+            pl.col("value").is_finite().sum().alias("n_finite"),
+            pl.len().alias("n"),
+            pl.col("step").max().alias("last_step"),
+        )
+    )
+    _counts_cache = (metrics, counts)
+    return counts
+
+
 def keys_for_role(metrics: pl.DataFrame, role: str, split: str | None) -> list[tuple[str, str | None]]:
     """(key, split column value) pairs of `metrics` with `role` in `split`, best first.
 
@@ -161,16 +187,7 @@ def keys_for_role(metrics: pl.DataFrame, role: str, split: str | None) -> list[t
     if metrics.height == 0:
         return []
     has_split = "split" in metrics.columns
-    cols = ["key", "split"] if has_split else ["key"]
-    counts = (
-        metrics.select(cols + ["value", "step"])
-        .group_by(cols)
-        .agg(
-            pl.col("value").is_finite().sum().alias("n_finite"),
-            pl.len().alias("n"),
-            pl.col("step").max().alias("last_step"),
-        )
-    )
+    counts = _key_counts(metrics)
     ranked = []
     for row in counts.iter_rows(named=True):
         key = row["key"]
