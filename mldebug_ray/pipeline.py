@@ -15,7 +15,7 @@ from mldebug_ray.diagnose import rules
 from mldebug_ray.discover import discover
 from mldebug_ray.errors import EXIT_OK, EXIT_UNREADABLE_RUNS, ConfigError
 from mldebug_ray.detectors import SweepTables, run_sweep_detectors
-from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, write_schema_parts, write_table
+from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, remove_temp_files_settled, write_schema_parts, write_table
 from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
 from mldebug_ray.render.report_html import write_report_html
@@ -90,8 +90,14 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
     remove_temp_files(out_dir)
     write_schema_parts(out_dir, schema.TABLES)
     t0 = time.perf_counter()
-    with ray_cluster(cfg.cluster):
-        summaries = fan_out(runs, cfg, out_dir)
+    try:
+        with ray_cluster(cfg.cluster):
+            summaries = fan_out(runs, cfg, out_dir)
+    except BaseException:
+        # A full disk or an interrupt stops workers mid-write; their hidden temp files go
+        # once Ray is down, so the out_dir holds whole parts only and a rerun resumes.
+        remove_temp_files_settled(out_dir)
+        raise
     timings["analyze_s"] = time.perf_counter() - t0
     stale = remove_stale_parts(out_dir, {paths.part_key(r.run_id) for r in runs})
     if stale:

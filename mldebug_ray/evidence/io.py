@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -87,6 +88,25 @@ def remove_temp_files(out_dir: Path) -> int:
         for tmp in root.rglob(f".*{paths.TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
             removed += 1
+    return removed
+
+
+def remove_temp_files_settled(out_dir: Path, *, quiet_s: float = 0.5, limit_s: float = 5.0) -> int:
+    """`remove_temp_files` until the evidence dir stays clean for `quiet_s` (at most `limit_s`).
+
+    Used after a failed or interrupted fan-out: Ray's shutdown kills the workers that were
+    mid-write, and a worker may still be dying (and leave a temp file) just after
+    `ray.shutdown()` returns. 0.5 s is several times the worker exit we observed once the
+    raylet is gone; the limit keeps an exit on a busy machine bounded.
+    """
+    removed = remove_temp_files(out_dir)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        found = remove_temp_files(out_dir)
+        removed += found
+        if not found:
+            break
     return removed
 
 
