@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from mldebug_ray.errors import ReadError
 from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, read_bytes_limited, reader
@@ -71,6 +72,8 @@ _CRC_TABLE_NP = np.array(_CRC_TABLE, dtype=np.uint32)
 # as lanes of a numpy batch (a lane costs one numpy step per byte of the longest record).
 _LANE_MAX_BYTES = 4096
 _LANES_PER_BATCH = 1 << 16
+# Bytes of one batch's padded byte matrix (its int64 offsets are 8x this): bounds memory.
+_MAX_BATCH_CELLS = 1 << 22
 
 
 def crc32c(data: bytes) -> int:
@@ -88,13 +91,26 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _zero_run_terms(n: int) -> np.ndarray:
+    """terms[L] = the raw CRC register after L zero bytes from the initial 0xFFFFFFFF (L = 0..n)."""
+    while len(_ZERO_TERMS) <= n:
+        crc = _ZERO_TERMS[-1]
+        _ZERO_TERMS.append(_CRC_TABLE[crc & 0xFF] ^ (crc >> 8))
+    return np.asarray(_ZERO_TERMS[: n + 1], dtype=np.uint32)
+
+
+_ZERO_TERMS: list[int] = [0xFFFFFFFF]
+
+
 def _masked_crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Masked CRC-32C of many byte ranges of `buf` at once (uint32 array, same order).
 
-    The ranges are sorted by length and processed as lanes of one numpy batch:
-    each lane is right-aligned so that all lanes end on the same iteration, and a
-    lane only updates its CRC once its own range has started. Long ranges fall
-    back to the Python loop.
+    The ranges are sorted by length and processed as lanes of one numpy batch, one
+    table step per byte column. The register update is linear over GF(2), so
+    crc(init, data) = crc(0, data) ^ crc(init, zeros(len(data))), and leading zero
+    bytes leave a zero register at zero: every lane is left-padded with zeros to
+    the batch width, run from 0, then XORed with the zero-run term of its own
+    length. Long ranges fall back to the Python loop.
     """
     out = np.zeros(len(starts), dtype=np.uint32)
     if len(starts) == 0:
@@ -109,27 +125,25 @@ def _masked_crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray
                 s, ln = int(starts[k]), int(lengths[k])
                 out[k] = masked_crc32c(buf[s : s + ln].tobytes())
             break
-        # Lanes of similar length share a batch so right-alignment wastes little.
+        # Lanes of similar length share a batch so the zero padding costs little.
         limit = min(_LANE_MAX_BYTES, 2 * first_len + 64)
-        j = i
-        while j < n and j - i < _LANES_PER_BATCH and int(lengths[order[j]]) <= limit:
-            j += 1
+        j = min(n, i + min(_LANES_PER_BATCH, max(1, _MAX_BATCH_CELLS // limit)))
+        j = i + int(np.searchsorted(lengths[order[i:j]], limit, side="right"))
         idx = order[i:j]
-        lane_start = starts[idx].astype(np.int64)
         lane_len = lengths[idx].astype(np.int64)
         width = int(lane_len.max())
-        begin = width - lane_len  # iteration at which each lane starts
-        crc = np.full(len(idx), 0xFFFFFFFF, dtype=np.uint32)
-        for it in range(width):
-            offset = it - begin
-            active = offset >= 0
-            pos = lane_start + np.where(active, offset, 0)
-            byte = buf[pos].astype(np.uint32)
-            updated = _CRC_TABLE_NP[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-            crc = np.where(active, updated, crc)
+        # Byte matrix, one row per column of the batch (contiguous per step), zeros before each lane.
+        offset = np.arange(width, dtype=np.int64)[:, None] - (width - lane_len)[None, :]
+        pos = starts[idx].astype(np.int64)[None, :] + offset
+        matrix = buf[np.maximum(pos, 0)]
+        matrix[offset < 0] = 0
+        del offset, pos
+        crc = np.zeros(len(idx), dtype=np.uint32)
+        for row in matrix:
+            crc = _CRC_TABLE_NP[(crc ^ row) & 0xFF] ^ (crc >> 8)
+        crc ^= _zero_run_terms(width)[lane_len]
         crc ^= np.uint32(0xFFFFFFFF)
-        masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
-        out[idx] = masked
+        out[idx] = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
         i = j
     return out
 
@@ -466,22 +480,47 @@ def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tupl
     f32 = ~as_f64
     values[f32] = gather(value_pos[f32], 4).copy().view("<f4").ravel()
     values[as_f64] = gather(value_pos[as_f64], 8).copy().view("<f8").ravel()
-    # Tags: decode each distinct byte string once.
-    tag_start = (p + 6)[idx].tolist()
-    tag_stop = q[idx].tolist()
-    codes: dict[bytes, int] = {}
-    record_codes = [codes.setdefault(buf[a:b], len(codes)) for a, b in zip(tag_start, tag_stop)]
-    names = pl.Series("key", [raw.decode("utf-8", "replace") for raw in codes], dtype=pl.String)
     frame = pl.DataFrame(
         {
             "record": idx.astype(np.int64),
             "step": step[idx].view(np.int64),
-            "key": names.gather(pl.Series(record_codes, dtype=pl.UInt32)),
+            "key": _strings_at(arr, (p + 6)[idx], tag_len[idx]),
             "value": values,
             "wall_time_s": wall,
         }
     )
     return handled, frame
+
+
+_STRING_CHUNK = 1 << 20
+
+
+def _strings_at(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """The strings at byte ranges of `arr` as one `key` Series, gathered with numpy, never a Python step per range.
+
+    The bytes are copied into one contiguous Arrow string buffer per chunk of ranges;
+    a chunk holding invalid UTF-8 is decoded range by range with replacement instead.
+    """
+    parts = []
+    for lo in range(0, len(starts), _STRING_CHUNK):
+        chunk_starts = starts[lo : lo + _STRING_CHUNK].astype(np.int64)
+        chunk_lengths = lengths[lo : lo + _STRING_CHUNK].astype(np.int64)
+        offsets = np.zeros(len(chunk_starts) + 1, dtype=np.int64)
+        np.cumsum(chunk_lengths, out=offsets[1:])
+        data = arr[np.repeat(chunk_starts - offsets[:-1], chunk_lengths) + np.arange(offsets[-1], dtype=np.int64)]
+        strings = pa.LargeStringArray.from_buffers(len(chunk_starts), pa.py_buffer(offsets), pa.py_buffer(data))
+        try:
+            strings.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = data.tobytes()
+            strings = pa.array(
+                [raw[a:b].decode("utf-8", "replace") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())],
+                type=pa.large_string(),
+            )
+        parts.append(pl.Series("key", strings, dtype=pl.String))
+    if not parts:
+        return pl.Series("key", [], dtype=pl.String)
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:
@@ -503,23 +542,60 @@ def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:
 
 # ---------------------------------------------------------------- records
 
+# Records checked at once when guessing that the next ones have the current record's length.
+_SPECULATE_RECORDS = 4096
+# After a guess that held for fewer records than this, step record by record for a while.
+_SPECULATE_MIN_RUN = 16
+_PLAIN_STEPS_AFTER_MISS = 64
+
+
 def _frame_records(buf: bytes) -> tuple[list[int], list[int], int]:
-    """Start offsets and lengths of the complete records' data, and where the complete part ends."""
-    # The one sequential part of decoding: each record's offset depends on the previous length.
-    ends: list[int] = []  # offset just past each complete record
-    append = ends.append
+    """Start offsets and lengths of the complete records' data, and where the complete part ends.
+
+    The one sequential part of decoding: each record's offset depends on the previous
+    length. Writers log runs of same-sized records (one scalar per event), so from a
+    record of length L the next `_SPECULATE_RECORDS` are guessed at multiples of L+16
+    and their length fields checked at once with numpy; the run is accepted up to the
+    first record whose length differs. Where guesses keep failing (interleaved sizes)
+    it steps one record at a time for `_PLAIN_STEPS_AFTER_MISS` records before guessing
+    again, so mixed files cost about what the plain loop costs.
+    """
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    size = len(buf)
+    pieces: list[np.ndarray] = []  # offsets just past each complete record, in order
+    ends: list[int] = []
     pos = 0
-    limit = len(buf) - _HEADER - _FOOTER
+    limit = size - _HEADER - _FOOTER
     unpack = _U64.unpack_from
+    plain_steps = 0
+    eight = np.arange(8, dtype=np.int64)
     while pos <= limit:
-        nxt = pos + _HEADER + _FOOTER + unpack(buf, pos)[0]
-        if nxt > len(buf):
+        stride = _HEADER + _FOOTER + unpack(buf, pos)[0]
+        if pos + stride > size:
             break
-        append(nxt)
-        pos = nxt
-    if not ends:
+        if plain_steps == 0:
+            k = min(_SPECULATE_RECORDS, (size - pos) // stride)
+            if k >= _SPECULATE_MIN_RUN:
+                heads = pos + stride * np.arange(k, dtype=np.int64)
+                same = arr[heads[:, None] + eight].copy().view("<u8").ravel() == stride - _HEADER - _FOOTER
+                run = k if same.all() else int(np.argmin(same))
+                if ends:
+                    pieces.append(np.asarray(ends, dtype=np.int64))
+                    ends = []
+                pieces.append(heads[:run] + stride)
+                pos += run * stride
+                if run < _SPECULATE_MIN_RUN:
+                    plain_steps = _PLAIN_STEPS_AFTER_MISS
+                continue
+        else:
+            plain_steps -= 1
+        pos += stride
+        ends.append(pos)
+    if ends:
+        pieces.append(np.asarray(ends, dtype=np.int64))
+    if not pieces:
         return [], [], 0
-    ends_np = np.asarray(ends, dtype=np.int64)
+    ends_np = np.concatenate(pieces)
     begins = np.empty_like(ends_np)
     begins[0] = 0
     begins[1:] = ends_np[:-1]
@@ -534,8 +610,9 @@ def _first_bad_crc(buf: bytes, starts: list[int], lengths: list[int]) -> int | N
     data_start = np.asarray(starts, dtype=np.int64)
     data_len = np.asarray(lengths, dtype=np.int64)
     header_start = data_start - _HEADER
-    stored_len_crc = np.array([_U32.unpack_from(buf, s + 8)[0] for s in header_start.tolist()], dtype=np.uint32)
-    stored_data_crc = np.array([_U32.unpack_from(buf, s + ln)[0] for s, ln in zip(starts, lengths)], dtype=np.uint32)
+    four = np.arange(4, dtype=np.int64)
+    stored_len_crc = arr[(header_start + 8)[:, None] + four].copy().view("<u4").ravel()
+    stored_data_crc = arr[(data_start + data_len)[:, None] + four].copy().view("<u4").ravel()
     len_ok = _masked_crc32c_many(arr, header_start, np.full(len(starts), 8, dtype=np.int64)) == stored_len_crc
     data_ok = _masked_crc32c_many(arr, data_start, data_len) == stored_data_crc
     bad = np.flatnonzero(~(len_ok & data_ok))

@@ -206,3 +206,29 @@ def test_a_file_without_any_complete_record_is_a_read_error(tmp_path):
     path.write_bytes(b"\x05\x00\x00")
     with pytest.raises(ReadError, match="events.out.tfevents.1.host"):
         READERS["tensorboard"].read(tmp_path, [path])
+
+
+def _plain_framing(buf: bytes) -> tuple[list[int], list[int], int]:
+    """The obvious record-by-record framing loop (the oracle for the guessing one)."""
+    starts, lengths, pos = [], [], 0
+    while pos + 16 <= len(buf):
+        length = struct.unpack_from("<Q", buf, pos)[0]
+        if pos + 16 + length > len(buf):
+            break
+        starts.append(pos + 12)
+        lengths.append(length)
+        pos += 16 + length
+    return starts, lengths, pos
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_record_framing_matches_the_plain_loop_on_runs_and_mixes_of_sizes(seed):
+    rng = random.Random(seed)
+    records = []
+    while len(records) < 3000:
+        size = rng.choice([0, 1, 30, 31, 40, 300])
+        records += [size] * rng.choice([1, 2, 5, 15, 16, 17, 200, 5000])
+    buf = b"".join(struct.pack("<Q", n) + b"\x00" * 4 + bytes(rng.getrandbits(8) for _ in range(min(n, 3))) + b"\x07" * max(0, n - 3) + b"\x00" * 4 for n in records)
+    tail = rng.choice([b"", b"\x05", struct.pack("<Q", 1 << 40) + b"\x00" * 8, struct.pack("<Q", 30) + b"\x00" * 20])
+    buf += tail
+    assert tb._frame_records(buf) == _plain_framing(buf)
