@@ -7,11 +7,11 @@ __version__ = "0.1.0"
 __all__ = ["read_run", "analyze", "__version__"]
 
 
-def read_run(path):
-    """One run directory read with the same readers, no Ray (SPEC §8)."""
+def read_run(path, readers=None):
+    """One run directory read with the same readers, no Ray (SPEC §8); `readers`: a config.ReadersConfig."""
     from mldebug_ray.api import read_run as _read_run
 
-    return _read_run(path)
+    return _read_run(path, readers)
 
 
 def analyze(roots, out_dir=None, **overrides):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from mldebug_ray.config import register_configs, to_config
+from mldebug_ray.config import ReadersConfig, register_configs, to_config
 
 
 @dataclass
@@ -31,11 +32,19 @@ class RunRead:
     checkpoints: pl.DataFrame
 
 
-def read_run(path: str | Path) -> RunRead:
-    from mldebug_ray.gather import read_run_dir
+def read_run(path: str | Path, readers: ReadersConfig | None = None) -> RunRead:
+    """One run directory read with the pipeline's readers; `readers` as the config's `readers` section.
 
+    `ReadersConfig(text_log=TextLogConfig(patterns=[...]))` adds log line patterns, as
+    `readers.text_log.patterns` does on the command line (default: none).
+    """
+    from mldebug_ray.gather import read_run_dir
+    from mldebug_ray.readers.text_log import user_patterns
+
+    readers = readers or ReadersConfig()
     run_dir = Path(path)
-    ev, _, _ = read_run_dir(run_dir, run_dir.name)
+    with user_patterns(readers.text_log.patterns):
+        ev, _, _ = read_run_dir(run_dir, run_dir.name)
     row = ev.runs.row(0, named=True)
     return RunRead(
         run_id=ev.run_id,
@@ -63,7 +72,10 @@ def _quote(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, (int, float)):
         return repr(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    # Hydra's quoted strings: a backslash escapes only a quote or backslashes before a quote,
+    # so a regex's `\d` passes as is; only backslash runs before a quote (or the closing one) double.
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
     return f"'{text}'"
 
 
@@ -98,8 +110,10 @@ def analyze(roots: str | Path | list, out_dir: str | Path | None = None, **overr
     as a dict under ``overrides={"cluster.num_cpus": 2}``.
     """
     from mldebug_ray.pipeline import run_pipeline
+    from mldebug_ray.readers.text_log import user_patterns
 
     config = compose_config(roots, out_dir, **overrides)
     logging.getLogger("mldebug_ray").setLevel(logging.INFO)
-    result = run_pipeline(config, Path(config.out_dir), print_summary=False)
+    with user_patterns(config.readers.text_log.patterns):  # this process's patterns restored after
+        result = run_pipeline(config, Path(config.out_dir), print_summary=False)
     return result.paths

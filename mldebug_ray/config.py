@@ -183,6 +183,28 @@ class ProbesConfig:
 
 
 @dataclass
+class TextLogConfig:
+    """The free-text log reader (mldebug_ray/readers/text_log.py)."""
+
+    patterns: list[str] = field(default_factory=list)
+    """User metric line patterns, tried before the built-in library: regexes with named groups,
+    `step` (optional) and one group per value named by its metric key, e.g.
+    `^it (?P<step>\\d+) loss (?P<train_loss>\\S+)$`."""
+
+    def __post_init__(self) -> None:
+        from mldebug_ray.readers.text_log import compile_patterns
+
+        compile_patterns(self.patterns)  # ConfigError naming readers.text_log.patterns[i]
+
+
+@dataclass
+class ReadersConfig:
+    """How run directories are read."""
+
+    text_log: TextLogConfig = field(default_factory=TextLogConfig)
+
+
+@dataclass
 class MainConfig:
     """The whole invocation."""
 
@@ -192,6 +214,7 @@ class MainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
+    readers: ReadersConfig = field(default_factory=ReadersConfig)
     out_dir: str = MISSING
     """Output directory (also Hydra's run dir)."""
     progress: str = "auto"

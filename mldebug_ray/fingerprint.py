@@ -59,13 +59,12 @@ def user_code_listing(probes) -> list[str]:
     return listing
 
 
-def config_digest(probes, detectors) -> str:
+def config_digest(probes, detectors, readers=None) -> str:
     """Hash of the config sections that change a run's evidence, and of the user's probe code."""
-    blob = json.dumps(
-        {"probes": dataclasses.asdict(probes), "detectors": dataclasses.asdict(detectors), "code": user_code_listing(probes)},
-        sort_keys=True,
-        default=str,
-    )
+    sections = {"probes": dataclasses.asdict(probes), "detectors": dataclasses.asdict(detectors), "code": user_code_listing(probes)}
+    if readers is not None:  # user log patterns change the metrics read
+        sections["readers"] = dataclasses.asdict(readers)
+    blob = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

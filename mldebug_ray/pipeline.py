@@ -18,6 +18,7 @@ from mldebug_ray.detectors import SweepTables, run_sweep_detectors
 from mldebug_ray.evidence.io import atomic_write_bytes, remove_stale_parts, remove_temp_files, remove_temp_files_settled, write_schema_parts, write_table
 from mldebug_ray.findings import findings_frame
 from mldebug_ray.orchestrate import fan_out, ray_cluster
+from mldebug_ray.readers import text_log
 from mldebug_ray.render.report_html import write_report_html
 from mldebug_ray.render.report_md import render_markdown, terminal_summary
 
@@ -81,6 +82,7 @@ def run_pipeline(cfg: MainConfig, out_dir: Path, *, print_summary: bool = True) 
         log.info("sweep ready in %.1fs", timings["generate_s"])
 
     t0 = time.perf_counter()
+    text_log.configure(cfg.readers.text_log.patterns)  # the driver; workers get them with the task
     runs = discover(sweep.roots, include=sweep.include, exclude=sweep.exclude, max_depth=sweep.max_depth, exclude_dirs=[out_dir])
     timings["discover_s"] = time.perf_counter() - t0
     log.info("found %d runs under %s in %.2fs", len(runs), ", ".join(sweep.roots), timings["discover_s"])

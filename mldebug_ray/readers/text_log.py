@@ -67,7 +67,9 @@ Megatron's `grad norm: 0.000` (norm not computed) is kept as logged, under
 progress-bar counter (`| 50/500 [`) seen, else their order (noted); they are not
 read at all when the run has a `trainer_state.json`, the same numbers with real
 steps. Their final summary dict (`train_runtime`) goes to params as `summary.<key>`.
-Users add patterns with `configure()` (regexes with named groups, see there).
+Users add patterns in config, `readers.text_log.patterns` (regexes with named groups, see
+`compile_patterns`); the driver, each Ray worker and `read_run` install them with
+`user_patterns()` before reading.
 
 Restarts
 --------
@@ -103,6 +105,7 @@ import math
 import os
 import re
 from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -512,16 +515,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colours (Ray, rich, co
 _USER_PATTERNS: list[MetricPattern] = []
 
 
-def configure(patterns: Sequence[str]) -> None:
-    """Install user metric patterns (config `readers.text_log.patterns`), tried before the library.
+def compile_patterns(patterns: Sequence[str]) -> list[MetricPattern]:
+    """User metric patterns (config `readers.text_log.patterns`) compiled; ConfigError names the entry at fault.
 
     Each is a regex with named groups: `step` (optional: the last step seen) and one
     group per value, named by its metric key (`(?P<train_loss>...)`); a value that does
-    not parse as a number is skipped. Raises ConfigError naming the entry at fault.
+    not parse as a number is skipped.
     """
     compiled = []
     for index, text in enumerate(patterns):
         where = f"readers.text_log.patterns[{index}]"
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: must be a regex string, got {type(text).__name__}")
         try:
             regex = re.compile(text)
         except re.error as exc:
@@ -529,15 +534,28 @@ def configure(patterns: Sequence[str]) -> None:
         values = [g for g in regex.groupindex if g not in ("step", "total")]
         if not values:
             raise ConfigError(f"{where}: needs a named group per value, e.g. (?P<loss>[0-9.eE+-]+)")
-        compiled.append(
-            MetricPattern(
-                f"user_{index}",
-                regex,
-                _named_group_fields(regex),
-                example="",
-            )
-        )
-    _USER_PATTERNS[:] = compiled
+        compiled.append(MetricPattern(f"user_{index}", regex, _named_group_fields(regex), example=""))
+    return compiled
+
+
+def configure(patterns: Sequence[str]) -> None:
+    """Install user metric patterns for this process, tried before the library (see compile_patterns).
+
+    Process-wide: the driver and each Ray worker call it (through `user_patterns`) with
+    the config that travels in the task.
+    """
+    _USER_PATTERNS[:] = compile_patterns(patterns)
+
+
+@contextmanager
+def user_patterns(patterns: Sequence[str]) -> Iterator[None]:
+    """`patterns` in effect inside the block, the previous ones restored after it."""
+    previous = list(_USER_PATTERNS)
+    configure(patterns)
+    try:
+        yield
+    finally:
+        _USER_PATTERNS[:] = previous
 
 
 def _named_group_fields(regex: re.Pattern[str]) -> Callable[[str], list[Field]]:
