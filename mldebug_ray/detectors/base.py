@@ -29,6 +29,8 @@ class RunEvidence:
     precision: pl.DataFrame = field(default_factory=lambda: schema.empty("precision"))
     outputs: pl.DataFrame = field(default_factory=lambda: schema.empty("outputs"))
     gpu: pl.DataFrame = field(default_factory=lambda: schema.empty("gpu"))
+    robustness: pl.DataFrame = field(default_factory=lambda: schema.empty("robustness"))
+    confusion: pl.DataFrame = field(default_factory=lambda: schema.empty("confusion"))
 
     def table(self, name: str) -> pl.DataFrame:
         return getattr(self, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from mldebug_ray.detectors.adversarial_fragility import AdversarialFragilityConfig
 from mldebug_ray.detectors.architecture_imbalance import ArchitectureImbalanceConfig
 from mldebug_ray.detectors.catastrophic_forgetting import CatastrophicForgettingConfig
 from mldebug_ray.detectors.divergence import DivergenceConfig
@@ -70,6 +71,7 @@ class DetectorsConfig:
     saturated_activations: SaturatedActivationsConfig = field(default_factory=SaturatedActivationsConfig)
     nonfinite_weights: NonfiniteWeightsConfig = field(default_factory=NonfiniteWeightsConfig)
     update_ratio_anomaly: UpdateRatioAnomalyConfig = field(default_factory=UpdateRatioAnomalyConfig)
+    adversarial_fragility: AdversarialFragilityConfig = field(default_factory=AdversarialFragilityConfig)
     enabled: list[str] = field(
         default_factory=lambda: [
             "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
@@ -78,6 +80,7 @@ class DetectorsConfig:
             "eval_on_train", "catastrophic_forgetting", "memory_pressure", "known_error", "slow_convergence",
             "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
             "dead_units", "saturated_activations", "nonfinite_weights", "update_ratio_anomaly",
+            "adversarial_fragility",
         ]
     )
     """Detectors that run, by name; every name needs a field of the same name above."""
