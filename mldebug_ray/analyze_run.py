@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
 RUN_TABLES = (
     "params", "metrics", "events", "checkpoints",
-    "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu",  # probes/run_probes.py PROBE_TABLES
+    "layers", "gradients", "activations", "memory", "precision", "outputs", "robustness", "confusion", "gpu",  # probes/run_probes.py PROBE_TABLES
     "findings", "runs",
 )
 
