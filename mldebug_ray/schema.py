@@ -137,29 +137,6 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "top1_frac": pl.Float64,
         "entropy_bits": pl.Float64,
     },
-    # Accuracy on the probe batch clean and under an FGSM / PGD attack (probes/adversarial.py).
-    "robustness": {
-        "run_id": pl.String,
-        "step": pl.Int64,
-        "attack": pl.String,  # fgsm / pgd
-        "epsilon": pl.Float64,  # L-inf budget relative to the perturbed tensor's std
-        "epsilon_abs": pl.Float64,  # the same budget in the tensor's own units
-        "site": pl.String,  # input:<key> or embedding:<module> (token inputs)
-        "attack_steps": pl.Int64,
-        "clean_acc_frac": pl.Float64,
-        "adv_acc_frac": pl.Float64,
-        "n_examples": pl.Int64,
-        "n_classes": pl.Int64,
-    },
-    # The newest probed checkpoint's predictions on a split of probes.data_fn (probes/confusion.py).
-    "confusion": {
-        "run_id": pl.String,
-        "step": pl.Int64,
-        "split": pl.String,
-        "true_label": pl.Int64,
-        "pred_label": pl.Int64,
-        "count": pl.Int64,
-    },
     "gpu": {
         "run_id": pl.String,
         "t_s": pl.Float64,
@@ -169,6 +146,72 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "power_w": pl.Float64,
         "temp_c": pl.Float64,
         "throttle_reasons": pl.Int64,  # NVML clocks-event reasons bit mask, 0 = not throttled
+    },
+    # The data probe (probes/data.py, `probes.data_fn`): once per run, not per checkpoint.
+    # One row per split of the run's data: size, labels, and a content fingerprint that
+    # changes when any example or label changes (order-independent).
+    "data_splits": {
+        "run_id": pl.String,
+        "split": pl.String,
+        "role": pl.String,  # train (the reference) / held_out
+        "status": pl.String,  # ok / error (reason says why; the split's other columns are null)
+        "reason": pl.String,
+        "kind": pl.String,  # numeric / tokens / text
+        "x_shape": pl.String,  # per-example shape of x, e.g. "[16]"; "text"; "varying" for padded tokens
+        "n_examples": pl.Int64,
+        "n_duplicate_examples": pl.Int64,  # examples whose content repeats an earlier one of the same split
+        "n_labelled": pl.Int64,
+        "n_classes": pl.Int64,
+        "max_class_count": pl.Int64,
+        "min_class_count": pl.Int64,
+        "imbalance_ratio": pl.Float64,  # max_class_count / min_class_count over the classes present
+        "n_features": pl.Int64,
+        "fingerprint": pl.String,
+        "read_time_s": pl.Float64,
+    },
+    # Label counts per split (every class seen in any split has a row in each labelled split, count 0 if absent).
+    "data_labels": {
+        "run_id": pl.String,
+        "split": pl.String,
+        "label": pl.Int64,
+        "count": pl.Int64,
+        "frac": pl.Float64,
+    },
+    # Examples of split_b that also occur in split_a (train): exact content or near duplicates.
+    "data_overlap": {
+        "run_id": pl.String,
+        "split_a": pl.String,
+        "split_b": pl.String,
+        "kind": pl.String,  # exact / near
+        "method": pl.String,
+        "threshold": pl.Float64,  # the similarity a near pair reaches at least (1.0 for exact)
+        "n_pairs": pl.Int64,  # (a, b) example pairs
+        "n_examples_b": pl.Int64,  # examples of split_b with at least one partner in split_a
+        "n_b": pl.Int64,  # examples of split_b
+        "overlap_frac": pl.Float64,  # n_examples_b / n_b
+        "example_ids_a": pl.List(pl.String),  # the best partner of each listed example of b
+        "example_ids_b": pl.List(pl.String),  # first probes.data.max_ids matched examples of b
+        "similarities": pl.List(pl.Float64),  # estimated similarity of each listed pair
+        "similarity_min": pl.Float64,
+    },
+    # Per held-out split and feature: how far it moved from train (PSI, two-sample KS, category shares).
+    "data_features": {
+        "run_id": pl.String,
+        "split": pl.String,
+        "reference_split": pl.String,
+        "feature": pl.String,
+        "feature_kind": pl.String,  # numeric / categorical
+        "n_ref": pl.Int64,
+        "n": pl.Int64,
+        "psi": pl.Float64,
+        "ks_stat": pl.Float64,  # numeric only: sup |F_train - F_split| on the samples
+        "ks_p": pl.Float64,
+        "ks_p_adjusted": pl.Float64,  # Bonferroni over every KS test of the run
+        "mean_ref": pl.Float64,
+        "mean": pl.Float64,
+        "top_category": pl.String,  # categorical only: the category whose share moved most
+        "top_category_ref_frac": pl.Float64,
+        "top_category_frac": pl.Float64,
     },
     "findings": {
         "finding_id": pl.String,
@@ -222,9 +265,16 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "memory": frozenset({"reserved_bytes", "device_total_bytes"}),
     "precision": frozenset({"loss_scale", "recommended_loss_scale"}),
     "outputs": frozenset(),
-    "robustness": frozenset({"epsilon_abs", "site", "attack_steps", "n_classes"}),
-    "confusion": frozenset(),
     "gpu": frozenset({"power_w", "temp_c", "throttle_reasons"}),
+    "data_splits": frozenset(
+        {"reason", "kind", "x_shape", "n_examples", "n_duplicate_examples", "n_labelled", "n_classes", "max_class_count",
+         "min_class_count", "imbalance_ratio", "n_features", "fingerprint", "read_time_s"}
+    ),
+    "data_labels": frozenset(),
+    "data_overlap": frozenset({"method", "threshold", "example_ids_a", "example_ids_b", "similarities", "similarity_min"}),
+    "data_features": frozenset(
+        {"n_ref", "n", "psi", "ks_stat", "ks_p", "ks_p_adjusted", "mean_ref", "mean", "top_category", "top_category_ref_frac", "top_category_frac"}
+    ),
     "findings": frozenset({"run_id", "run_ids", "onset_step", "end_step"}),
     "agent_calls": frozenset({"run_id", "stop_reason", "cost_usd", "latency_s", "evidence_hash", "error", "result_json"}),
 }
@@ -237,6 +287,10 @@ NOT_NULL: dict[str, tuple[str, ...]] = {
     "events": ("run_id", "kind", "text"),
     "checkpoints": ("run_id", "path", "format"),
     "layers": ("run_id", "layer"),
+    "data_splits": ("run_id", "split", "role", "status"),
+    "data_labels": ("run_id", "split", "label", "count"),
+    "data_overlap": ("run_id", "split_a", "split_b", "kind", "n_pairs", "n_examples_b"),
+    "data_features": ("run_id", "split", "reference_split", "feature", "feature_kind"),
     "findings": ("finding_id", "scope", "kind", "severity", "confidence", "detector"),
     "agent_calls": ("call_id", "scope", "turn", "model", "status"),
 }
