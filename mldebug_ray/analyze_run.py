@@ -25,13 +25,14 @@ from mldebug_ray.findings import SEVERITY_RANK, findings_frame
 from mldebug_ray.fingerprint import config_digest, run_fingerprint
 from mldebug_ray.gather import read_run_dir, safe_text
 from mldebug_ray.probes.run_probes import PROBE_TABLES, probe_run
+from mldebug_ray.readers.text_log import user_patterns
 
 log = logging.getLogger(__name__)
 
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
 RUN_TABLES = (
     "params", "metrics", "events", "checkpoints",
-    "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu",  # probes/run_probes.py PROBE_TABLES
+    "layers", "gradients", "activations", "memory", "precision", "outputs", "robustness", "confusion", "gpu",  # probes/run_probes.py PROBE_TABLES
     "data_splits", "data_labels", "data_overlap", "data_features",  # probes/data.py DATA_TABLES
     "findings", "runs",
 )
@@ -79,13 +80,14 @@ def analyze_run(
     """
     started = time.perf_counter()
     key = paths.part_key(run.run_id)
-    fingerprint = run_fingerprint(Path(run.path), config_fp or config_digest(cfg.probes, cfg.detectors))
+    fingerprint = run_fingerprint(Path(run.path), config_fp or config_digest(cfg.probes, cfg.detectors, cfg.readers))
     if previous_fingerprint == fingerprint:
         cached = cached_summary(run, out_dir, fingerprint)
         if cached is not None:
             return cached
     try:
-        ev, _, problems = read_run_dir(Path(run.path), run.run_id)
+        with user_patterns(cfg.readers.text_log.patterns):  # a worker process: the config came with the task
+            ev, _, problems = read_run_dir(Path(run.path), run.run_id)
         probe_problems: list[str] = []
         for table, frame in probe_run(ev, Path(run.path), cfg.probes, probe_problems).items():
             setattr(ev, table, frame)
@@ -150,7 +152,7 @@ def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str, previous: di
     """A batch of runs in one task (tiny runs would drown in per-task overhead)."""
     logging.basicConfig(level=logging.INFO)
     previous = previous or {}
-    config_fp = config_digest(cfg.probes, cfg.detectors)
+    config_fp = config_digest(cfg.probes, cfg.detectors, cfg.readers)
     summaries = [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id), config_fp) for run in runs]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return [dataclasses.replace(s, worker_peak_rss_bytes=peak) for s in summaries]

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from mldebug_ray.detectors.config import DetectorsConfig
 from mldebug_ray.errors import ConfigError
 from mldebug_ray.probes.data import DataProbeConfig
+from mldebug_ray.probes.adversarial import AdversarialConfig
 
 CLUSTER_KINDS = ("local", "address", "slurm")
 AGENT_KINDS = ("rules", "anthropic")
@@ -158,6 +159,13 @@ class ProbesConfig:
     """Folders added to sys.path to import the entry points above."""
     model_probes: list[str] = field(default_factory=lambda: ["gradients", "activations", "outputs", "memory", "precision"])
     """Model-in-the-loop probes run on each scanned checkpoint when model_fn and batch_fn are set."""
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    """The `robustness` probe's attack budget and PGD steps (probes/adversarial.py); it runs when
+    `robustness` is in model_probes (the `full` preset and the demo sweep)."""
+    data_max_examples: int = 10000
+    """Examples of the validation split the newest probed checkpoint is evaluated on for the
+    `confusion` table (when model_fn and data_fn are set); 0: the whole split. 10,000 puts a
+    class of 1% of the split at about 100 examples, enough for its accuracy to within about 10 points (95% interval)."""
     model_steps: int = 1
     """Forward/backward passes per checkpoint; gradients are their mean (gradient accumulation)."""
     gpus_per_task: float = 0.25
@@ -177,6 +185,8 @@ class ProbesConfig:
             raise ConfigError(f"probes.gpus_per_task must be in (0, 8], got {self.gpus_per_task}")
         if not 0 < self.telemetry_interval_s <= 60:
             raise ConfigError(f"probes.telemetry_interval_s must be in (0, 60], got {self.telemetry_interval_s}")
+        if self.data_max_examples < 0:
+            raise ConfigError(f"probes.data_max_examples must be >= 0, got {self.data_max_examples}")
         if self.max_checkpoints_per_run < 0:
             raise ConfigError(f"probes.max_checkpoints_per_run must be >= 0, got {self.max_checkpoints_per_run}")
         if self.device not in PROBE_DEVICES:
@@ -184,6 +194,28 @@ class ProbesConfig:
         for key in ("model_fn", "batch_fn", "loss_fn", "data_fn"):
             if not _entry_point_ok(getattr(self, key)):
                 raise ConfigError(f"probes.{key} must be 'module:function', got {getattr(self, key)!r}")
+
+
+@dataclass
+class TextLogConfig:
+    """The free-text log reader (mldebug_ray/readers/text_log.py)."""
+
+    patterns: list[str] = field(default_factory=list)
+    """User metric line patterns, tried before the built-in library: regexes with named groups,
+    `step` (optional) and one group per value named by its metric key, e.g.
+    `^it (?P<step>\\d+) loss (?P<train_loss>\\S+)$`."""
+
+    def __post_init__(self) -> None:
+        from mldebug_ray.readers.text_log import compile_patterns
+
+        compile_patterns(self.patterns)  # ConfigError naming readers.text_log.patterns[i]
+
+
+@dataclass
+class ReadersConfig:
+    """How run directories are read."""
+
+    text_log: TextLogConfig = field(default_factory=TextLogConfig)
 
 
 @dataclass
@@ -196,6 +228,7 @@ class MainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
+    readers: ReadersConfig = field(default_factory=ReadersConfig)
     out_dir: str = MISSING
     """Output directory (also Hydra's run dir)."""
     progress: str = "auto"

@@ -137,6 +137,29 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "top1_frac": pl.Float64,
         "entropy_bits": pl.Float64,
     },
+    # Accuracy on the probe batch clean and under an FGSM / PGD attack (probes/adversarial.py).
+    "robustness": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "attack": pl.String,  # fgsm / pgd
+        "epsilon": pl.Float64,  # L-inf budget relative to the perturbed tensor's std
+        "epsilon_abs": pl.Float64,  # the same budget in the tensor's own units
+        "site": pl.String,  # input:<key> or embedding:<module> (token inputs)
+        "attack_steps": pl.Int64,
+        "clean_acc_frac": pl.Float64,
+        "adv_acc_frac": pl.Float64,
+        "n_examples": pl.Int64,
+        "n_classes": pl.Int64,
+    },
+    # The newest probed checkpoint's predictions on a split of probes.data_fn (probes/confusion.py).
+    "confusion": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "split": pl.String,
+        "true_label": pl.Int64,
+        "pred_label": pl.Int64,
+        "count": pl.Int64,
+    },
     "gpu": {
         "run_id": pl.String,
         "t_s": pl.Float64,
@@ -265,6 +288,8 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "memory": frozenset({"reserved_bytes", "device_total_bytes"}),
     "precision": frozenset({"loss_scale", "recommended_loss_scale"}),
     "outputs": frozenset(),
+    "robustness": frozenset({"epsilon_abs", "site", "attack_steps", "n_classes"}),
+    "confusion": frozenset(),
     "gpu": frozenset({"power_w", "temp_c", "throttle_reasons"}),
     "data_splits": frozenset(
         {"reason", "kind", "x_shape", "n_examples", "n_duplicate_examples", "n_labelled", "n_classes", "max_class_count",

@@ -29,6 +29,8 @@ class RunEvidence:
     precision: pl.DataFrame = field(default_factory=lambda: schema.empty("precision"))
     outputs: pl.DataFrame = field(default_factory=lambda: schema.empty("outputs"))
     gpu: pl.DataFrame = field(default_factory=lambda: schema.empty("gpu"))
+    robustness: pl.DataFrame = field(default_factory=lambda: schema.empty("robustness"))
+    confusion: pl.DataFrame = field(default_factory=lambda: schema.empty("confusion"))
     # The data probe (probes/data.py), once per run when probes.data_fn is set.
     data_splits: pl.DataFrame = field(default_factory=lambda: schema.empty("data_splits"))
     data_labels: pl.DataFrame = field(default_factory=lambda: schema.empty("data_labels"))

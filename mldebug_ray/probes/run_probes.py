@@ -18,7 +18,12 @@ fills the run's evidence tables:
   2. the optimizer phase: an AdamW step at lr=0 (its state is the largest of the common
      optimizers: two moments per parameter; lr=0 leaves the weights as they were, and
      non-finite gradients are zeroed first so they cannot turn the weights into NaN);
-  3. eval mode: output diversity over the batch, then the fp32/fp16/bf16 comparison.
+  3. eval mode: output diversity over the batch, then the fp32/fp16/bf16 comparison;
+  4. `robustness`: accuracy on the batch clean and under FGSM / PGD perturbations
+     (probes/adversarial.py; `probes.adversarial`).
+- `confusion` (when `probes.model_fn` and `probes.data_fn` are set): the newest probed
+  checkpoint's predictions on the validation split, at most `probes.data_max_examples`
+  examples, counted per (true, predicted) label (probes/confusion.py);
 - `gpu`: NVML samples while the probes ran on a CUDA device (probes/telemetry.py);
 - `data_splits`, `data_labels`, `data_overlap`, `data_features` (when `probes.data_fn`
   is set): the run's data splits streamed once, with or without checkpoints and model
@@ -44,8 +49,8 @@ from mldebug_ray.probes.device import resolve_device, wants_model_probes
 
 log = logging.getLogger(__name__)
 
-MODEL_PROBES = ("gradients", "activations", "outputs", "memory", "precision")
-PROBE_TABLES = ("layers", *MODEL_PROBES, "gpu", *DATA_TABLES)
+MODEL_PROBES = ("gradients", "activations", "outputs", "memory", "precision", "robustness")
+PROBE_TABLES = ("layers", *MODEL_PROBES, "confusion", "gpu", *DATA_TABLES)
 _LOSS_SCALE_KEY = re.compile(r"(^|[/_.\s])loss[_ ]?scale$", re.IGNORECASE)
 
 
@@ -175,6 +180,10 @@ def probe_checkpoint(entry: Any, params: dict, run_dir: Path, row: dict[str, Any
             log.debug("%s: the model's output is not class scores: no outputs row", row["path"])
     if "precision" in wanted:
         out["precision"] = precision_rows(model, batch, entry.loss_fn, device, loss_scale)
+    if "robustness" in wanted:
+        from mldebug_ray.probes.adversarial import robustness_rows
+
+        out["robustness"] = robustness_rows(model, batch, probes.adversarial, lambda why: log.info("%s: %s", row["path"], why))
     return out
 
 
@@ -233,6 +242,10 @@ def probe_run(ev: Any, run_dir: Path, probes: Any, problems: list[str]) -> dict[
             tables["layers"] = weight_layers(ev, Path(run_dir), selected, device, problems)
         if run_model:
             tables.update(model_tables(ev, Path(run_dir), selected, device, probes, problems))
+        if probes.model_fn and probes.data_fn:
+            from mldebug_ray.probes.confusion import confusion_table
+
+            tables["confusion"] = confusion_table(ev, Path(run_dir), selected[-1], device, probes, problems)
     tables["gradients"] = _join_update_ratios(tables["gradients"], tables["layers"])
     if sampler.rows:
         tables["gpu"] = _frame("gpu", sampler.rows, ev.run_id, None)
