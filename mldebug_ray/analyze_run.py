@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
 RUN_TABLES = (
     "params", "metrics", "events", "checkpoints",
-    "layers", "gradients", "activations", "memory", "precision", "outputs", "robustness", "confusion", "gpu",  # probes/run_probes.py PROBE_TABLES
+    "layers", "gradients", "activations", "memory", "precision", "outputs", "deployment", "robustness", "confusion", "gpu",  # probes/run_probes.py PROBE_TABLES
     "data_splits", "data_labels", "data_overlap", "data_features",  # probes/data.py DATA_TABLES
     "findings", "runs",
 )
@@ -89,7 +89,7 @@ def analyze_run(
         with user_patterns(cfg.readers.text_log.patterns):  # a worker process: the config came with the task
             ev, _, problems = read_run_dir(Path(run.path), run.run_id)
         probe_problems: list[str] = []
-        for table, frame in probe_run(ev, Path(run.path), cfg.probes, probe_problems).items():
+        for table, frame in probe_run(ev, Path(run.path), cfg.probes, probe_problems, out_dir).items():
             setattr(ev, table, frame)
         for problem in probe_problems:
             log.warning("%s: %s", run.run_id, problem)

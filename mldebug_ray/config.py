@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mldebug_ray.detectors.config import DetectorsConfig
 from mldebug_ray.errors import ConfigError
+from mldebug_ray.probes.deploy import DeployConfig
 from mldebug_ray.probes.data import DataProbeConfig
 from mldebug_ray.probes.adversarial import AdversarialConfig
 
@@ -157,8 +158,11 @@ class ProbesConfig:
     """The data probe's settings: near-duplicate methods and thresholds, PSI bins, samples (probes/data.py)."""
     code_paths: list[str] = field(default_factory=list)
     """Folders added to sys.path to import the entry points above."""
-    model_probes: list[str] = field(default_factory=lambda: ["gradients", "activations", "outputs", "memory", "precision"])
-    """Model-in-the-loop probes run on each scanned checkpoint when model_fn and batch_fn are set."""
+    model_probes: list[str] = field(default_factory=lambda: ["gradients", "activations", "outputs", "memory", "precision", "deployment"])
+    """Model-in-the-loop probes run on each scanned checkpoint when model_fn and batch_fn are set
+    (`deployment` on the newest probes.deploy.max_checkpoints of them)."""
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    """Deployment checks: inference latency, model size, their limits, an optional profiler trace (probes/deploy.py)."""
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     """The `robustness` probe's attack budget and PGD steps (probes/adversarial.py); it runs when
     `robustness` is in model_probes (the `full` preset and the demo sweep)."""

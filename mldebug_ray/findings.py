@@ -49,6 +49,9 @@ Kind = Literal[
     # Added by a detector (SPEC §5 allows it): the recorded config lacks a seed or a data
     # version, so the run cannot be repeated (mldebug_ray/sweep/reproducibility.py).
     "reproducibility_gap",
+    # Added by a detector: a probed checkpoint exceeds a deployment limit the user set in
+    # probes.deploy (latency, parameters, bytes) (mldebug_ray/detectors/deployment_limit.py).
+    "deployment_limit",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 

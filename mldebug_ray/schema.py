@@ -160,6 +160,28 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "pred_label": pl.Int64,
         "count": pl.Int64,
     },
+    # Deployment checks of a probed checkpoint (probes/deploy.py): inference latency at the
+    # probe batch size, model size, and the probes.deploy limits in force when measured.
+    "deployment": {
+        "run_id": pl.String,
+        "step": pl.Int64,
+        "device": pl.String,
+        "batch_size": pl.Int64,
+        "n_repeats": pl.Int64,
+        "latency_ms_median": pl.Float64,
+        "latency_ms_p90": pl.Float64,
+        "latency_ms_min": pl.Float64,
+        "n_params": pl.Int64,
+        "param_bytes": pl.Int64,
+        "buffer_bytes": pl.Int64,
+        "params_by_dtype": pl.String,  # JSON: {"float32": {"n_params": .., "bytes": ..}, ...}
+        "peak_inference_bytes": pl.Int64,
+        "num_threads": pl.Int64,  # torch intra-op threads on the CPU; null on CUDA
+        "max_latency_ms": pl.Float64,
+        "max_params": pl.Int64,
+        "max_param_bytes": pl.Int64,
+        "trace_path": pl.String,  # torch.profiler Chrome trace, relative to the output directory
+    },
     "gpu": {
         "run_id": pl.String,
         "t_s": pl.Float64,
@@ -290,6 +312,10 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "outputs": frozenset(),
     "robustness": frozenset({"epsilon_abs", "site", "attack_steps", "n_classes"}),
     "confusion": frozenset(),
+    "deployment": frozenset(
+        {"batch_size", "n_repeats", "latency_ms_p90", "latency_ms_min", "buffer_bytes", "params_by_dtype", "peak_inference_bytes",
+         "num_threads", "max_latency_ms", "max_params", "max_param_bytes", "trace_path"}
+    ),
     "gpu": frozenset({"power_w", "temp_c", "throttle_reasons"}),
     "data_splits": frozenset(
         {"reason", "kind", "x_shape", "n_examples", "n_duplicate_examples", "n_labelled", "n_classes", "max_class_count",
@@ -312,6 +338,7 @@ NOT_NULL: dict[str, tuple[str, ...]] = {
     "events": ("run_id", "kind", "text"),
     "checkpoints": ("run_id", "path", "format"),
     "layers": ("run_id", "layer"),
+    "deployment": ("run_id", "device"),
     "data_splits": ("run_id", "split", "role", "status"),
     "data_labels": ("run_id", "split", "label", "count"),
     "data_overlap": ("run_id", "split_a", "split_b", "kind", "n_pairs", "n_examples_b"),

@@ -29,6 +29,7 @@ class RunEvidence:
     precision: pl.DataFrame = field(default_factory=lambda: schema.empty("precision"))
     outputs: pl.DataFrame = field(default_factory=lambda: schema.empty("outputs"))
     gpu: pl.DataFrame = field(default_factory=lambda: schema.empty("gpu"))
+    deployment: pl.DataFrame = field(default_factory=lambda: schema.empty("deployment"))
     robustness: pl.DataFrame = field(default_factory=lambda: schema.empty("robustness"))
     confusion: pl.DataFrame = field(default_factory=lambda: schema.empty("confusion"))
     # The data probe (probes/data.py), once per run when probes.data_fn is set.

@@ -26,6 +26,7 @@ from mldebug_ray.detectors.run_incomplete import RunIncompleteConfig
 from mldebug_ray.detectors.slow_convergence import SlowConvergenceConfig
 from mldebug_ray.detectors.vanishing_gradients import VanishingGradientsConfig
 from mldebug_ray.detectors.dead_units import DeadUnitsConfig
+from mldebug_ray.detectors.deployment_limit import DeploymentLimitConfig
 from mldebug_ray.detectors.nonfinite_weights import NonfiniteWeightsConfig
 from mldebug_ray.detectors.saturated_activations import SaturatedActivationsConfig
 from mldebug_ray.detectors.update_ratio_anomaly import UpdateRatioAnomalyConfig
@@ -71,6 +72,8 @@ class DetectorsConfig:
     saturated_activations: SaturatedActivationsConfig = field(default_factory=SaturatedActivationsConfig)
     nonfinite_weights: NonfiniteWeightsConfig = field(default_factory=NonfiniteWeightsConfig)
     update_ratio_anomaly: UpdateRatioAnomalyConfig = field(default_factory=UpdateRatioAnomalyConfig)
+    deployment_limit: DeploymentLimitConfig = field(default_factory=DeploymentLimitConfig)
+    """The limits are probes.deploy.max_latency_ms / max_params / max_param_bytes (recorded in the `deployment` rows)."""
     adversarial_fragility: AdversarialFragilityConfig = field(default_factory=AdversarialFragilityConfig)
     enabled: list[str] = field(
         default_factory=lambda: [
@@ -80,6 +83,7 @@ class DetectorsConfig:
             "eval_on_train", "catastrophic_forgetting", "memory_pressure", "known_error", "slow_convergence",
             "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
             "dead_units", "saturated_activations", "nonfinite_weights", "update_ratio_anomaly",
+            "deployment_limit",
             "adversarial_fragility",
         ]
     )

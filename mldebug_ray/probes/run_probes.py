@@ -18,7 +18,10 @@ fills the run's evidence tables:
   2. the optimizer phase: an AdamW step at lr=0 (its state is the largest of the common
      optimizers: two moments per parameter; lr=0 leaves the weights as they were, and
      non-finite gradients are zeroed first so they cannot turn the weights into NaN);
-  3. eval mode: output diversity over the batch, then the fp32/fp16/bf16 comparison;
+  3. eval mode: output diversity over the batch, then the deployment checks (inference
+     latency, model size, inference memory; on the newest `probes.deploy.max_checkpoints`
+     only; probes/deploy.py, with the optional profiler trace under
+     `<out_dir>/profiles/`), then the fp32/fp16/bf16 comparison;
   4. `robustness`: accuracy on the batch clean and under FGSM / PGD perturbations
      (probes/adversarial.py; `probes.adversarial`).
 - `confusion` (when `probes.model_fn` and `probes.data_fn` are set): the newest probed
@@ -49,7 +52,7 @@ from mldebug_ray.probes.device import resolve_device, wants_model_probes
 
 log = logging.getLogger(__name__)
 
-MODEL_PROBES = ("gradients", "activations", "outputs", "memory", "precision", "robustness")
+MODEL_PROBES = ("gradients", "activations", "outputs", "memory", "precision", "deployment", "robustness")
 PROBE_TABLES = ("layers", *MODEL_PROBES, "confusion", "gpu", *DATA_TABLES)
 _LOSS_SCALE_KEY = re.compile(r"(^|[/_.\s])loss[_ ]?scale$", re.IGNORECASE)
 
@@ -116,8 +119,15 @@ def weight_layers(ev: Any, run_dir: Path, selected: list[dict[str, Any]], device
     return _concat("layers", parts)
 
 
-def probe_checkpoint(entry: Any, params: dict, run_dir: Path, row: dict[str, Any], device: Any, probes: Any, loss_scale: float | None) -> dict[str, list[dict[str, Any]]]:
-    """The model probes' rows (without run_id/step) for one checkpoint."""
+def probe_checkpoint(
+    entry: Any, params: dict, run_dir: Path, row: dict[str, Any], device: Any, probes: Any, loss_scale: float | None,
+    *, deploy: bool = True, trace_path: Path | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The model probes' rows (without run_id/step) for one checkpoint.
+
+    `deploy` False skips the deployment checks on this checkpoint; `trace_path` is where
+    the profiler trace goes when probes.deploy.profile_trace is on.
+    """
     import torch
 
     from mldebug_ray.probes.activations import ActivationRecorder
@@ -178,6 +188,12 @@ def probe_checkpoint(entry: Any, params: dict, run_dir: Path, row: dict[str, Any
             out["outputs"] = [diversity]
         else:
             log.debug("%s: the model's output is not class scores: no outputs row", row["path"])
+    if "deployment" in wanted and deploy:
+        from mldebug_ray.probes.deploy import deployment_row, save_profile_trace
+
+        out["deployment"] = [deployment_row(model, batch, device, probes.deploy)]
+        if trace_path is not None:
+            save_profile_trace(model, batch, entry.loss_fn, device, trace_path)
     if "precision" in wanted:
         out["precision"] = precision_rows(model, batch, entry.loss_fn, device, loss_scale)
     if "robustness" in wanted:
@@ -187,8 +203,11 @@ def probe_checkpoint(entry: Any, params: dict, run_dir: Path, row: dict[str, Any
     return out
 
 
-def model_tables(ev: Any, run_dir: Path, selected: list[dict[str, Any]], device: Any, probes: Any, problems: list[str]) -> dict[str, pl.DataFrame]:
-    """The model-in-the-loop tables for the selected checkpoints."""
+def model_tables(
+    ev: Any, run_dir: Path, selected: list[dict[str, Any]], device: Any, probes: Any, problems: list[str], out_dir: Path | None = None
+) -> dict[str, pl.DataFrame]:
+    """The model-in-the-loop tables for the selected checkpoints (profiler traces under `out_dir`)."""
+    from mldebug_ray.paths import profile_trace_path
     from mldebug_ray.probes.model_loop import ProbeError, load_entry_points, run_params
 
     tables = {name: schema.empty(name) for name in MODEL_PROBES}
@@ -199,13 +218,25 @@ def model_tables(ev: Any, run_dir: Path, selected: list[dict[str, Any]], device:
         return tables
     params = run_params(ev.params)
     parts: dict[str, list[pl.DataFrame]] = {name: [] for name in MODEL_PROBES}
+    n_deploy = probes.deploy.max_checkpoints
+    deployed = {id(r) for r in (selected[-n_deploy:] if n_deploy else selected)}
+    tracing = "deployment" in probes.model_probes and probes.deploy.profile_trace
+    if tracing and out_dir is None:
+        problems.append("probes.deploy.profile_trace: no output directory to save traces in; none saved")
+        tracing = False
     for row in selected:
+        deploy = id(row) in deployed
+        trace = profile_trace_path(out_dir, ev.run_id, row["step"]) if tracing and deploy else None
         try:
-            rows = probe_checkpoint(entry, params, run_dir, row, device, probes, run_loss_scale(ev.metrics, row["step"]))
+            rows = probe_checkpoint(
+                entry, params, run_dir, row, device, probes, run_loss_scale(ev.metrics, row["step"]), deploy=deploy, trace_path=trace
+            )
         except Exception as exc:  # the user's model code, a mismatched checkpoint, an OOM: this checkpoint only
             problems.append(f"{row['path']}: model probes failed: {' '.join(f'{type(exc).__name__}: {exc}'.split())[:300]}")
             log.debug("model probes failed on %s", row["path"], exc_info=True)
             continue
+        if trace is not None and rows["deployment"]:
+            rows["deployment"][0]["trace_path"] = trace.relative_to(out_dir).as_posix()
         for name in MODEL_PROBES:
             parts[name].append(_frame(name, rows[name], ev.run_id, row["step"]))
     for name in MODEL_PROBES:
@@ -222,8 +253,11 @@ def _join_update_ratios(gradients: pl.DataFrame, layers: pl.DataFrame) -> pl.Dat
     return joined.with_columns(pl.coalesce("update_ratio", "_ratio").alias("update_ratio")).drop("_ratio").select(gradients.columns)
 
 
-def probe_run(ev: Any, run_dir: Path, probes: Any, problems: list[str]) -> dict[str, pl.DataFrame]:
-    """Every probe table of one run (PROBE_TABLES), empty where a probe is off or found nothing."""
+def probe_run(ev: Any, run_dir: Path, probes: Any, problems: list[str], out_dir: Path | None = None) -> dict[str, pl.DataFrame]:
+    """Every probe table of one run (PROBE_TABLES), empty where a probe is off or found nothing.
+
+    `out_dir` is the invocation's output directory, where profiler traces go (probes.deploy.profile_trace).
+    """
     from mldebug_ray.probes.telemetry import GpuSampler
 
     tables = {name: schema.empty(name) for name in PROBE_TABLES}
@@ -241,7 +275,7 @@ def probe_run(ev: Any, run_dir: Path, probes: Any, problems: list[str]) -> dict[
         if probes.checkpoint_stats:
             tables["layers"] = weight_layers(ev, Path(run_dir), selected, device, problems)
         if run_model:
-            tables.update(model_tables(ev, Path(run_dir), selected, device, probes, problems))
+            tables.update(model_tables(ev, Path(run_dir), selected, device, probes, problems, out_dir))
         if probes.model_fn and probes.data_fn:
             from mldebug_ray.probes.confusion import confusion_table
 
