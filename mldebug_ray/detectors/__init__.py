@@ -26,6 +26,7 @@ from mldebug_ray.detectors import memory_pressure  # noqa: F401,E402
 from mldebug_ray.detectors import known_error  # noqa: F401,E402
 from mldebug_ray.detectors import slow_convergence  # noqa: F401,E402  (sweep-level)
 from mldebug_ray.detectors import dead_units, saturated_activations, nonfinite_weights, update_ratio_anomaly  # noqa: F401,E402  (probe tables)
+from mldebug_ray.detectors import data_leakage, class_imbalance, distribution_shift  # noqa: F401,E402  (data probe tables)
 from mldebug_ray.detectors import deployment_limit  # noqa: F401,E402  (probe table `deployment`)
 from mldebug_ray.detectors import adversarial_fragility  # noqa: F401,E402  (probe table `robustness`)
 from mldebug_ray.detectors.config import DetectorsConfig  # noqa: E402

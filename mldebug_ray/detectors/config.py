@@ -30,6 +30,9 @@ from mldebug_ray.detectors.deployment_limit import DeploymentLimitConfig
 from mldebug_ray.detectors.nonfinite_weights import NonfiniteWeightsConfig
 from mldebug_ray.detectors.saturated_activations import SaturatedActivationsConfig
 from mldebug_ray.detectors.update_ratio_anomaly import UpdateRatioAnomalyConfig
+from mldebug_ray.detectors.class_imbalance import ClassImbalanceConfig
+from mldebug_ray.detectors.data_leakage import DataLeakageConfig
+from mldebug_ray.detectors.distribution_shift import DistributionShiftConfig
 from mldebug_ray.errors import ConfigError
 from mldebug_ray.sweep.config import HpEffectConfig, HpInstabilityBoundaryConfig, NondeterminismConfig, RankingInconsistencyConfig, ReproducibilityConfig, SeedSensitivityConfig  # noqa: E501
 
@@ -75,6 +78,10 @@ class DetectorsConfig:
     deployment_limit: DeploymentLimitConfig = field(default_factory=DeploymentLimitConfig)
     """The limits are probes.deploy.max_latency_ms / max_params / max_param_bytes (recorded in the `deployment` rows)."""
     adversarial_fragility: AdversarialFragilityConfig = field(default_factory=AdversarialFragilityConfig)
+    data_leakage: DataLeakageConfig = field(default_factory=DataLeakageConfig)
+    """Reads the data probe's tables (probes.data_fn); the near-duplicate thresholds are probes.data.*."""
+    class_imbalance: ClassImbalanceConfig = field(default_factory=ClassImbalanceConfig)
+    distribution_shift: DistributionShiftConfig = field(default_factory=DistributionShiftConfig)
     enabled: list[str] = field(
         default_factory=lambda: [
             "nan_inf", "divergence", "loss_spike", "grad_norm_spike", "plateau", "overfitting",
@@ -83,6 +90,7 @@ class DetectorsConfig:
             "eval_on_train", "catastrophic_forgetting", "memory_pressure", "known_error", "slow_convergence",
             "seed_sensitivity", "hp_effect", "hp_instability_boundary", "ranking_inconsistency", "nondeterminism", "reproducibility",
             "dead_units", "saturated_activations", "nonfinite_weights", "update_ratio_anomaly",
+            "data_leakage", "class_imbalance", "distribution_shift",
             "deployment_limit",
             "adversarial_fragility",
         ]
