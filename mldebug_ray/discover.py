@@ -36,6 +36,25 @@ def _skip(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in NOT_RUN_DIRS)
 
 
+def _owned_by_run(directory: Path, name: str) -> bool:
+    """Whether subfolder `name` of `directory` is part of the run `directory` is, never a run of its own.
+
+    - `artifacts/` of an MLflow run (file store, or a database run's artifact folder):
+      what the run logged as files (a CSV, event files) is not another run.
+    - `wandb/` of a Hydra output folder: the job's own W&B run folders, which the
+      W&B reader reads as part of the Hydra run (readers/wandb.py).
+    - `checkpoint_*` folders of a Ray Tune trial: the trial's checkpoints (listed by
+      the checkpoints reader, which looks two levels down), never trials.
+    """
+    if name == "artifacts":
+        return bool(READERS["mlflow"].detect(directory))
+    if name == "wandb":
+        return (directory / ".hydra").is_dir()
+    if name.startswith("checkpoint_"):
+        return bool(READERS["ray_tune"].detect(directory))
+    return False
+
+
 def _walk(root: Path, max_depth: int, exclude_dirs: set[Path]) -> list[Path]:
     """Run directories under `root`: those with a metrics source and no run below them."""
     runs: list[Path] = []
@@ -53,6 +72,7 @@ def _walk(root: Path, max_depth: int, exclude_dirs: set[Path]) -> list[Path]:
                     )
             except OSError:
                 subdirs = []
+            subdirs = [sub for sub in subdirs if not _owned_by_run(directory, sub.name)]
             for sub in subdirs:
                 if sub.resolve() in exclude_dirs:
                     continue

@@ -3,9 +3,13 @@
 Which folder is a run: the W&B run folder itself (`wandb/offline-run-<date>_<time>-<id>/`
 or `wandb/run-...`), recognised by its name, a `run-<id>.wandb` file, or
 `files/wandb-summary.json` / `files/wandb-metadata.json`. Its `files/` and `logs/`
-subfolders belong to it (the text-log reader leaves them alone). A W&B folder nested
-inside another run dir (e.g. a Hydra output folder with `wandb/` inside) is found as
-its own run, because discovery keeps the deepest folder with a metrics source.
+subfolders belong to it (the text-log reader leaves them alone). W&B run folders under
+`wandb/` of a Hydra output folder (one with `.hydra/`: a job whose working directory
+was its output folder) belong to that Hydra run: detect() on the Hydra folder returns
+their files, discovery does not descend into that `wandb/`, and read() reads each W&B
+folder and merges them (several are a resumed job: for a (step, key) in more than one,
+the newest folder by name, i.e. by start time, wins). Elsewhere a nested W&B folder is
+its own run (discovery keeps the deepest folder with a metrics source).
 
 The `.wandb` file (no network, no `wandb` package): a 7-byte header `:W&B`, magic
 0xBEE1, version 0, then LevelDB-log framing in 32 KiB blocks: each record is
@@ -39,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import re
 import struct
 import zlib
@@ -387,8 +392,30 @@ def _metadata_params(path: Path, params: dict[str, Any], problems: list[str]) ->
             params["wandb.git.commit"] = commit
 
 
+WANDB_DIR = "wandb"
+
+
+def nested_run_folders(run_dir: Path) -> list[Path]:
+    """The W&B run folders in `wandb/` of a Hydra output folder (they belong to its run), by name."""
+    run_dir = Path(run_dir)
+    if not (run_dir / ".hydra").is_dir():
+        return []
+    try:
+        with os.scandir(run_dir / WANDB_DIR) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False) and RUN_DIR_NAME.match(e.name))
+    except OSError:
+        return []
+
+
 def detect(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
+    found = _detect_folder(run_dir)
+    for folder in nested_run_folders(run_dir):
+        found += _detect_folder(folder)
+    return found
+
+
+def _detect_folder(run_dir: Path) -> list[Path]:
     logs = [p for p in files_in(run_dir) if p.suffix == ".wandb"]
     extra = [run_dir / rel for rel in (SUMMARY, CONFIG, METADATA, OUTPUT)]
     extra = [p for p in extra if p.is_file() and not p.is_symlink()]
@@ -399,10 +426,48 @@ def detect(run_dir: Path) -> list[Path]:
     return []
 
 
+def _folder_of(path: Path, run_dir: Path) -> Path:
+    parts = path.relative_to(run_dir).parts
+    if len(parts) >= 3 and parts[0] == WANDB_DIR and RUN_DIR_NAME.match(parts[1]):
+        return run_dir / WANDB_DIR / parts[1]
+    return run_dir
+
+
 @reader("wandb", detect=detect, provides_metrics=True, priority=15)
 def read(run_dir: Path, files: list[Path]) -> SourceData:
-    """History, config, summary and console events of one W&B run folder."""
+    """History, config, summary and console events of a W&B run folder, or of the W&B folders of a Hydra run."""
     run_dir = Path(run_dir)
+    groups: dict[Path, list[Path]] = {}
+    for path in files:
+        groups.setdefault(_folder_of(path, run_dir), []).append(path)
+    if len(groups) == 1:
+        ((folder, group),) = groups.items()
+        return read_folder(folder, group)
+    parts: list[SourceData] = []
+    errors: list[str] = []
+    for folder in sorted(groups, key=lambda f: f.name):  # oldest first: later params override
+        try:
+            parts.append(read_folder(folder, groups[folder]))
+        except ReadError as exc:
+            errors.append(f"{folder.name}: {exc}")
+    if not parts:
+        raise ReadError("; ".join(errors))
+    params: dict[str, Any] = {}
+    for part in parts:
+        params.update(part.params)
+    metrics = [p.metrics for p in reversed(parts) if p.metrics is not None and p.metrics.height]
+    merged = pl.concat(metrics, how="vertical").unique(["step", "key"], keep="first", maintain_order=True) if metrics else metrics_frame([])
+    events = [p.events for p in parts if p.events is not None]
+    return SourceData(
+        metrics=merged,
+        params=params,
+        events=pl.concat(events, how="vertical_relaxed") if events else None,
+        problems=errors + [problem for part in parts for problem in part.problems],
+    )
+
+
+def read_folder(run_dir: Path, files: list[Path]) -> SourceData:
+    """History, config, summary and console events of one W&B run folder."""
     problems: list[str] = []
     errors: list[str] = []
     params: dict[str, Any] = {}
