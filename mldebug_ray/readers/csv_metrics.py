@@ -10,7 +10,8 @@ Wide to long: every non-step column with a numeric value becomes a metric key (s
 from `infer_split(column)`); an empty cell means "not logged on this row" (no row), a
 literal `nan`/`inf` a NaN/Inf row. Every cell is read as text and cast afterwards, so
 a stray string never loses a column. A last line cut mid-way (file killed while being
-written: fewer fields and no line end) is dropped with a problem.
+written: fewer fields and no line end) is dropped with a problem; a last line with all
+its fields but no line end is a complete row, kept without one.
 
 AlgoPerf (a `global_step` column plus `score` or `*/num_examples` columns) interleaves
 three kinds of rows (see the corpus README): eval rows (a `*/num_examples` cell set),
@@ -75,7 +76,12 @@ def _has_step_column(path: Path) -> bool:
 
 
 def detect(run_dir: Path) -> list[Path]:
+    from mldebug_ray.readers.ray_tune import claimed_names  # a Tune trial's progress.csv is read there
+
     files = files_in(run_dir)
+    if any(p.name == "progress.csv" for p in files):
+        tune = claimed_names(run_dir)
+        files = [p for p in files if p.name not in tune]
     tables = [
         p
         for p in files
@@ -99,8 +105,7 @@ def _drop_cut_tail(raw: bytes, sep: str, name: str, problems: list[str]) -> byte
     if len(_header_fields(last, sep)) < len(_header_fields(header, sep)):
         problems.append(f"{name}: last line cut mid-way (line {n_lines + 1}), dropped, kept {n_lines - 1} data lines")
         return raw[: cut + 1]
-    problems.append(f"{name}: last line (line {n_lines + 1}) has no line end; kept it, its last cell may be cut")
-    return raw
+    return raw  # every field there: a writer that omits the final line end, a complete row
 
 
 def _numeric(name: str) -> pl.Expr:

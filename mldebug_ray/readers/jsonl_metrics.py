@@ -9,7 +9,9 @@ the split from `infer_split`, reading `train.loss` as `train/loss`),
 anything else (strings, booleans, lists, null) is skipped. `timestamp` / `_timestamp`
 / `wall_time` give the wall time. Ray Tune's bookkeeping fields (`config`, `pid`,
 `done`, `*_since_restore`, ...) are not metrics; its `params.json` next to
-`result.json` gives params (never `params.pkl`). A last line cut mid-way (no line end)
+`result.json` gives params (never `params.pkl`). In a Tune trial folder (what the
+`ray_tune` reader claims) `result.json` and `params.json` are left to that reader, which
+also knows Tune's restores: each point is read once. A last line cut mid-way (no line end)
 is dropped with a problem; an unparsable line elsewhere is skipped and counted.
 """
 
@@ -54,6 +56,11 @@ RAY_FIELDS = frozenset(
 
 def detect(run_dir: Path) -> list[Path]:
     files = files_in(run_dir)
+    if any(p.name == RAY_RESULT for p in files):
+        from mldebug_ray.readers.ray_tune import claimed_names  # a Tune trial's files are read there
+
+        tune = claimed_names(run_dir)
+        files = [p for p in files if p.name not in tune]
     logs = [p for p in files if p.suffix.lower() in (".jsonl", ".ndjson") or p.name == RAY_RESULT]
     if any(p.name == RAY_RESULT for p in logs):
         logs += [p for p in files if p.name == RAY_PARAMS]

@@ -13,8 +13,12 @@ Ownership (other readers also claim some of these files; gather keeps, for each
   checkpoint: a `restart` event at its step; when the step goes back, the rows of the
   earlier attempt at or beyond that step are dropped (the final attempt is the curve
   the trial continued from).
-- `progress.csv`: the same numbers as `result.json`; left to the CSV reader (its rows
-  at a (step, key) this reader has are dropped by gather).
+- `progress.csv`: the same numbers as `result.json` (nested keys joined with `/`
+  instead of `.`, plus Tune's bookkeeping columns), so it is claimed here and the CSV
+  reader leaves it alone, as the JSON-lines reader leaves `result.json` and
+  `params.json` of a trial: each point is read once, under one name. It is read
+  only when `result.json` yields no row (missing, empty or unparsable), Tune's
+  bookkeeping columns (`pid`, `time_since_restore`, `config/...`) dropped (noted).
 - `params.json`: params, here and not from the JSON-lines reader's copy (same keys,
   ours first).
 - `error.txt`: Tune's failure report (`Failure # 1 (occurred at ...)` then a Python
@@ -72,7 +76,12 @@ def detect(run_dir: Path) -> list[Path]:
     failed_early = ERROR_TXT in names and PARAMS in names
     if not (has_result or failed_early):
         return []
-    return [names[n] for n in (RESULT, PARAMS, ERROR_TXT, ERROR_PKL) if n in names]
+    return [names[n] for n in (RESULT, PARAMS, PROGRESS, ERROR_TXT, ERROR_PKL) if n in names]
+
+
+def claimed_names(run_dir: Path) -> frozenset[str]:
+    """Names of the files of `run_dir` this reader owns when it is a Tune trial (the CSV and JSON-lines readers skip them)."""
+    return frozenset(p.name for p in detect(run_dir))
 
 
 
@@ -147,6 +156,22 @@ def read_results(path: Path, problems: list[str], events: list[tuple]) -> pl.Dat
     return frame.unique(["step", "key"], keep="last", maintain_order=True)
 
 
+def _progress_metrics(path: Path, problems: list[str]) -> pl.DataFrame | None:
+    """Metrics of `progress.csv` without Tune's bookkeeping columns (used when result.json gives none)."""
+    from mldebug_ray.readers.csv_metrics import read_table
+
+    notes: list[str] = []
+    try:
+        frame = read_table(path, {}, notes)
+    except ReadError as exc:
+        problems.append(str(exc))
+        return None
+    frame = frame.filter(~pl.col("key").str.split("/").list.first().is_in(list(RAY_FIELDS)))
+    problems.extend(notes)
+    problems.append(f"{PROGRESS}: read instead of {RESULT} (which gave no row)")
+    return frame
+
+
 _FRAME = re.compile(r'^\s+File "')
 
 
@@ -213,6 +238,8 @@ def read(run_dir: Path, files: list[Path]) -> SourceData:
             problems.append(str(exc))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             problems.append(f"{PARAMS}: not parsed ({type(exc).__name__})")
+    if (metrics is None or metrics.height == 0) and PROGRESS in names:
+        metrics = _progress_metrics(names[PROGRESS], problems)
     last_step = int(metrics["step"].max()) if metrics is not None and metrics.height else None
     parts = [pl.DataFrame(event_rows or None, schema=EVENT_COLUMNS, orient="row")]
     if ERROR_TXT in names:

@@ -47,6 +47,16 @@ def test_truncated_last_line_is_dropped_with_a_problem(tmp_path):
     assert data.problems == ["metrics.jsonl: line 57 truncated, dropped, kept 56 lines"]
 
 
+def test_a_complete_last_line_without_a_line_end_is_kept_and_the_run_reads_ok(tmp_path):
+    from mldebug_ray.api import read_run
+
+    body = "\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 6))  # no final line end
+    (tmp_path / "metrics.jsonl").write_text(body)
+    run = read_run(tmp_path)
+    assert run.status == "ok" and run.reason is None
+    assert run.metrics["step"].to_list() == [1, 2, 3, 4, 5]
+
+
 def test_a_bad_line_in_the_middle_is_skipped_and_counted(tmp_path):
     path = tmp_path / "log.ndjson"
     path.write_text('{"iter": 1, "loss": 1.0}\nnot json\n[1, 2]\n{"iter": 3, "loss": 0.5}\n')
@@ -82,8 +92,8 @@ def test_ray_tune_result_json_uses_training_iteration_and_skips_bookkeeping(tmp_
     (tmp_path / "params.json").write_text(json.dumps({"lr": 0.1, "model": {"width": 8}}))
     (tmp_path / "params.pkl").write_bytes(b"\x80\x04not to be touched")
     reader = READERS["jsonl"]
-    files = reader.detect(tmp_path)
-    assert sorted(p.name for p in files) == ["params.json", "result.json"]
+    assert reader.detect(tmp_path) == []  # a Tune trial folder: the ray_tune reader owns these files
+    files = [tmp_path / "params.json", tmp_path / "result.json"]  # given directly, as outside a trial
     data = reader.read(tmp_path, files)
     assert sorted(data.metrics["key"].unique().to_list()) == ["mean_loss", "time_this_iter_s"]
     rows = _rows(data.metrics)

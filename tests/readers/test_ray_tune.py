@@ -152,3 +152,34 @@ def test_a_real_tune_experiment_reads_both_trials(tmp_path):
             ' | File "/tmp/tune_fx/gen.py", line 6, in train_fn',
         )
     ]
+
+
+def test_a_tune_trial_gives_each_point_once_under_one_name_and_no_bookkeeping_keys(tmp_path):
+    """progress.csv and result.json hold the same points; only the ray_tune reader reads them."""
+    good = REAL / "exp" / "train_fn_4d29b_00000_0_lr=0.0100_2026-11-24_23-32-23"
+    ev, used, problems = read_run_dir(good, good.name)
+    assert used == ["ray_tune"] and problems == []
+    assert "csv" not in ev.runs["source_format"][0] and "jsonl" not in ev.runs["source_format"][0]
+    counts = dict(ev.metrics.group_by("key").len().iter_rows())
+    assert counts == {"loss": 5, "val.loss": 5, "time_this_iter_s": 5, "time_total_s": 5}  # no val/loss, pid, ...
+    assert ev.metrics.group_by("step", "key").len()["len"].max() == 1
+    written = [json.loads(line) for line in (good / "result.json").read_text().splitlines()]
+    assert ev.metrics.filter(pl.col("key") == "val.loss").sort("step")["value"].to_list() == [r["val"]["loss"] for r in written]
+
+
+def test_a_restore_past_the_final_end_leaves_no_stale_rows_from_another_reader(tmp_path):
+    # The first attempt reached iteration 9; the restored one resumed at 4 and ended at 7.
+    results = [_result(i, 4.0 / i, i) for i in range(1, 10)] + [_result(i, 9.0 + i, i - 3) for i in range(4, 8)]
+    run = trial(tmp_path, results)
+    ev, _, _ = read_run_dir(run, TRIAL)
+    assert ev.metrics.filter(pl.col("key") == "loss")["step"].to_list() == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_progress_csv_stands_in_when_result_json_gives_no_row(tmp_path):
+    run = trial(tmp_path, [_result(i, 4.0 / i, i) for i in range(1, 6)])
+    (run / "result.json").write_text("")
+    ev, used, problems = read_run_dir(run, TRIAL)
+    assert used == ["ray_tune"]
+    assert dict(ev.metrics.filter(pl.col("key") == "loss").select("step", "value").iter_rows()) == {i: 4.0 / i for i in range(1, 6)}
+    assert set(ev.metrics["key"]) == {"loss", "mean_accuracy", "time_this_iter_s", "time_total_s"}  # no pid, config/lr
+    assert any("progress.csv: read instead of result.json" in p for p in problems)
