@@ -68,6 +68,20 @@ def test_a_last_line_cut_mid_way_is_dropped_with_a_problem(tmp_path):
     assert len(data.problems) == 1 and "metrics.csv" in data.problems[0] and "cut" in data.problems[0]
 
 
+def test_a_complete_last_line_without_a_line_end_is_kept_and_the_run_reads_ok(tmp_path):
+    from mldebug_ray.api import read_run
+
+    (tmp_path / "metrics.csv").write_bytes(b"step,train_loss,val_loss\n1,2.0,\n2,1.5,1.7\n3,1.25,")
+    run = read_run(tmp_path)
+    assert run.status == "ok" and run.reason is None
+    assert run.metrics.filter(pl.col("key") == "train_loss").sort("step")["value"].to_list() == [2.0, 1.5, 1.25]
+    # The same file cut inside its last row (fewer fields) is partial, that row dropped.
+    (tmp_path / "metrics.csv").write_bytes(b"step,train_loss,val_loss\n1,2.0,\n2,1.5,1.7\n3,1.2")
+    run = read_run(tmp_path)
+    assert run.status == "partial" and "cut mid-way" in run.reason
+    assert run.metrics["step"].max() == 2
+
+
 def test_other_csv_needs_a_step_column_to_be_detected(tmp_path):
     (tmp_path / "losses.csv").write_text("global_step,loss,optimizer\n1,0.5,adam\n2,0.4,adam\n")
     (tmp_path / "table.csv").write_text("name,value\na,1\n")
