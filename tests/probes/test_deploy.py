@@ -189,6 +189,27 @@ def test_the_deployment_limit_detector_fires_on_rows_the_probe_measured(tmp_path
     assert ev.deployment.filter(pl.col("step") == 20)["n_params"].to_list() == [385]
 
 
+def test_analyze_run_writes_the_deployment_part_the_trace_and_the_limit_finding(tmp_path):
+    from mldebug_ray.analyze_run import analyze_run
+    from mldebug_ray.api import compose_config
+    from mldebug_ray.discover import RunRef
+    from mldebug_ray.evidence.io import read_table
+
+    run = _run_dir(tmp_path / "root")
+    out = tmp_path / "out"
+    overrides = {"probes.model_fn": "tiny_models:model_fn", "probes.batch_fn": "tiny_models:batch_fn",
+                 "probes.code_paths": [str(Path(__file__).parent)], "probes.model_probes": ["deployment"],
+                 "probes.deploy.repeats": 3, "probes.deploy.profile_trace": True, "probes.deploy.max_param_bytes": 1000}
+    cfg = compose_config(tmp_path / "root", out_dir=out, overrides=overrides)
+    summary = analyze_run(RunRef("run", str(run), str(tmp_path / "root")), cfg, out)
+    assert summary.status == "ok"
+    dep = read_table(out, "deployment")
+    assert dep.select("run_id", "step", "param_bytes", "max_param_bytes").rows() == [("run", 20, 1540, 1000)]
+    assert json.loads((out / dep["trace_path"][0]).read_text())["traceEvents"]
+    found = read_table(out, "findings").filter(pl.col("kind") == "deployment_limit")
+    assert found["summary"].to_list() == ["param bytes 1540 bytes exceeds probes.deploy.max_param_bytes = 1000 bytes (1.54x) at step 20"]
+
+
 def test_bad_deploy_settings_name_the_key():
     for kwargs, key in (({"repeats": 0}, "probes.deploy.repeats"), ({"warmup": -1}, "probes.deploy.warmup"),
                         ({"max_latency_ms": 0.0}, "probes.deploy.max_latency_ms"), ({"max_params": -5}, "probes.deploy.max_params"),
