@@ -463,8 +463,8 @@ class MinHasher:
         out = np.empty((lengths.size, self.perms), dtype=np.uint16)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         n_sh = np.maximum(lengths - n + 1, 1)
-        # Rows in chunks so the [perms, shingles] matrix stays near 4M entries (32 MB).
-        per_chunk = max(1, (1 << 22) // self.perms)
+        # Rows in chunks so the [perms, shingles] matrix stays near 1M entries (8 MB).
+        per_chunk = max(1, (1 << 20) // self.perms)
         row = 0
         while row < lengths.size:
             cum = np.cumsum(n_sh[row:])
