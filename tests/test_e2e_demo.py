@@ -76,6 +76,29 @@ def test_healthy_baselines_have_no_critical_or_high_finding(demo_out):
     assert f.height == 0, f.select("run_id", "kind", "summary").rows()
 
 
+def test_leaked_validation_run_gets_data_leakage_and_skewed_run_class_imbalance_and_no_baseline_either(demo_out):
+    out, _ = demo_out
+    findings = read_table(out, "findings")
+
+    def kinds(rid: str) -> set[str]:
+        return set(findings.filter(pl.col("run_id") == rid)["kind"])
+
+    assert "data_leakage" in kinds("data_leakage")
+    leak = findings.filter((pl.col("run_id") == "data_leakage") & (pl.col("kind") == "data_leakage")).row(0, named=True)
+    assert "307" in leak["summary"]  # round(0.3 * 1024) validation examples copied from the training pool
+    assert "class_imbalance" in kinds("class_imbalance")
+    imbalance = findings.filter((pl.col("run_id") == "class_imbalance") & (pl.col("kind") == "class_imbalance"))
+    assert "confusion" in {e["table"] for e in imbalance["evidence"][0]}  # the rarest class's accuracy
+    data_kinds = {"data_leakage", "class_imbalance", "eval_on_train"}
+    clean = findings.filter(~pl.col("run_id").is_in(["data_leakage", "class_imbalance"]) & pl.col("kind").is_in(list(data_kinds)))
+    assert clean.height == 0, clean.select("run_id", "kind", "summary").rows()
+    # Every run's model was attacked; every classification run's newest checkpoint scored per class.
+    robustness = read_table(out, "robustness")
+    assert set(robustness["attack"]) == {"fgsm", "pgd"}
+    assert {"baseline/seed0", "data_leakage", "class_imbalance"} <= set(robustness["run_id"])
+    assert {"data_leakage", "class_imbalance", "embedding_heavy"} <= set(read_table(out, "confusion")["run_id"])
+
+
 def test_every_evidence_reference_selects_rows(demo_out):
     out, _ = demo_out
     findings = read_table(out, "findings")

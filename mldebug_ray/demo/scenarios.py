@@ -166,6 +166,31 @@ def broken_artifacts() -> dict:
     return config
 
 
+def _small_classifier() -> dict:
+    return _deep_mlp(depth=3, activation="relu", init_gain=1.4, use_norm=True)
+
+
+def data_leakage() -> dict:
+    # A fixed pool of 2048 training examples; 30% of the validation split are copies of some of them.
+    data = {**TEACHER_DATA, "n_train": 2048, "leak_frac": 0.3}
+    return _config(
+        "data_leakage", data, _small_classifier(),
+        {"name": "adamw", "lr": 1e-3},
+        TRAIN_10x20, "jsonl", {"format": "safetensors", "steps": [100, 200]},
+    )
+
+
+def class_imbalance() -> dict:
+    # Classes 2 and 3 kept with probability 0.03: the largest class outnumbers the smallest about 50:1.
+    data = {**TEACHER_DATA, "class_keep": [1.0, 1.0, 0.03, 0.03], "n_val": 2048}
+    return _config(
+        "class_imbalance", data, _small_classifier(),
+        {"name": "adamw", "lr": 1e-3},
+        # Batches of 256: with 64, whether a batch holds a rare example swings the loss enough to look like divergence.
+        {**TRAIN_10x20, "batch_size": 256}, "csv", {"format": "torch", "steps": [100, 200]},
+    )
+
+
 def lr_grid() -> dict:
     return _config(
         "lr_grid", LM_DATA, _tiny_lm(),
@@ -193,9 +218,11 @@ def demo_runs() -> list[RunSpec]:
         RunSpec("vanishing_gradients", vanishing_gradients(), ("model.activation=sigmoid", "model.depth=10"),
                 ("vanishing_gradients", "plateau")),
         RunSpec("fp16_loss_scale_collapse", fp16_loss_scale_collapse(), ("train.precision=fp16",),
-                ("loss_scale_collapse", "fp16_overflow", "nan_inf", "known_error")),
+                ("loss_scale_collapse", "fp16_overflow", "nan_inf", "known_error", "distribution_shift")),
         RunSpec("overfitting", overfitting(), ("data.n_train=512", "train.epochs=50"), ("overfitting",)),
         RunSpec("broken_artifacts", broken_artifacts(), (), ("run_incomplete", "known_error")),
+        RunSpec("data_leakage", data_leakage(), ("data.leak_frac=0.3",), ("data_leakage",)),
+        RunSpec("class_imbalance", class_imbalance(), ("data.class_keep=[1.0,1.0,0.03,0.03]",), ("class_imbalance",)),
     ]
     runs += [
         RunSpec(f"lr_grid/lr{lr}_seed{seed}", lr_grid(), (f"optimizer.lr={lr}", f"seed={seed}"),
