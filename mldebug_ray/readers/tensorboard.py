@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from mldebug_ray.errors import ReadError
 from mldebug_ray.readers.base import SourceData, files_in, infer_split, metrics_frame, read_bytes_limited, reader
@@ -102,6 +101,46 @@ def _zero_run_terms(n: int) -> np.ndarray:
 _ZERO_TERMS: list[int] = [0xFFFFFFFF]
 
 
+_RUN_MIN_RECORDS = 64
+_RUN_CHUNK_LANES = 16384
+
+
+def _crc_equal_runs(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Masked CRCs, into `out`, of the ranges that lie in runs of equal length and equal spacing; returns which.
+
+    A writer logging scalars emits long runs of same-sized records back to back: such a
+    run is a strided 2-D view of the buffer (a row per record), copied transposed a
+    chunk at a time, then one table step per byte column; no index arrays are built.
+    """
+    n = len(starts)
+    done = np.zeros(n, dtype=bool)
+    if n < _RUN_MIN_RECORDS:
+        return done
+    gap = np.diff(starts)
+    joins = np.zeros(n, dtype=bool)  # record k continues the run of record k - 1
+    joins[1:] = lengths[1:] == lengths[:-1]
+    joins[2:] &= gap[1:] == gap[:-1]
+    heads = np.flatnonzero(~joins)
+    tails = np.append(heads[1:], n)
+    for head, tail in zip(heads.tolist(), tails.tolist()):
+        if tail - head < _RUN_MIN_RECORDS:
+            continue
+        width = int(lengths[head])
+        if width > _LANE_MAX_BYTES:
+            continue
+        stride = int(starts[head + 1] - starts[head])
+        rows = np.lib.stride_tricks.as_strided(buf[int(starts[head]) :], shape=(tail - head, width), strides=(stride, 1), writeable=False)
+        for lo in range(0, tail - head, _RUN_CHUNK_LANES):
+            columns = np.ascontiguousarray(rows[lo : lo + _RUN_CHUNK_LANES].T)
+            crc = np.full(columns.shape[1], 0xFFFFFFFF, dtype=np.uint32)
+            for column in columns:
+                crc = _CRC_TABLE_NP.take((crc ^ column) & 0xFF) ^ (crc >> 8)
+            crc ^= np.uint32(0xFFFFFFFF)
+            out[head + lo : head + lo + len(crc)] = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
+        done[head:tail] = True
+    return done
+
+
 def _masked_crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Masked CRC-32C of many byte ranges of `buf` at once (uint32 array, same order).
 
@@ -115,7 +154,9 @@ def _masked_crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray
     out = np.zeros(len(starts), dtype=np.uint32)
     if len(starts) == 0:
         return out
-    order = np.argsort(lengths, kind="stable")
+    done = _crc_equal_runs(buf, starts, lengths, out)
+    left = np.flatnonzero(~done)
+    order = left[np.argsort(lengths[left], kind="stable")]
     i = 0
     n = len(order)
     while i < n:
@@ -416,6 +457,17 @@ _SCALARS_META = b"\x4a\x0b\x0a\x09\x0a\x07scalars"
 _SCALARS_META_NP = np.frombuffer(_SCALARS_META, dtype=np.uint8).astype(np.int64)
 
 
+def _unaligned(buf: bytes, pos: np.ndarray, dtype: str) -> np.ndarray:
+    """Values of `dtype` at arbitrary byte offsets `pos` of `buf` (each must leave room for one value).
+
+    A view of `buf` with a stride of one byte has a value starting at every offset, so
+    one fancy index reads them all (numpy copies unaligned items byte-wise).
+    """
+    size = np.dtype(dtype).itemsize
+    every_offset = np.ndarray((max(0, len(buf) - size + 1),), dtype=dtype, buffer=buf, strides=(1,))
+    return every_offset[pos]
+
+
 def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
     """Decode, all records at once with numpy, the Events that hold exactly one scalar.
 
@@ -427,12 +479,11 @@ def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tupl
     every other record is left to the general parser (_decode_event).
     """
     arr = np.frombuffer(buf, dtype=np.uint8)
-    last = len(arr) - 1
     start = starts
     end = starts + lengths
 
     def at(pos: np.ndarray) -> np.ndarray:
-        return arr[np.clip(pos, 0, last)].astype(np.int64)
+        return arr.take(pos, mode="clip").astype(np.int64)  # a position past the end reads the last byte: checks fail
 
     ok = (lengths >= 21) & (at(start) == 0x09)
     has_step = at(start + 9) == 0x10
@@ -440,6 +491,8 @@ def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tupl
     step_len = np.zeros(len(start), dtype=np.int64)
     going = has_step.copy()
     for k in range(10):
+        if not going.any():
+            break
         byte = at(start + 10 + k)
         step |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
         step_len += going
@@ -452,39 +505,45 @@ def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tupl
     tag_len = at(p + 5)
     ok &= (tag_len > 0) & (tag_len < 0x80)
     q = p + 6 + tag_len  # first byte after the tag
-    simple = ok & (q + 5 == end) & (at(q) == 0x15)
-    # New-style: tensor field, then the scalars-plugin metadata up to the end.
-    tensor_end = q + 2 + at(q + 1)
-    tensor = ok & ~simple & (at(q) == 0x42) & (at(q + 1) < 0x80) & (tensor_end + len(_SCALARS_META) == end)
-    tensor &= at(q + 2) == 0x08
-    dtype = at(q + 3)
-    t = q + 4 + np.where((at(q + 4) == 0x12) & (at(q + 5) == 0x00), 2, 0)
-    field, nbytes = at(t), at(t + 1)
-    is_f32 = (dtype == 1) & (nbytes == 4) & ((field == 0x22) | (field == 0x2A))
-    is_f64 = (dtype == 2) & (nbytes == 8) & ((field == 0x22) | (field == 0x32))
-    tensor &= (is_f32 | is_f64) & (t + 2 + nbytes == tensor_end)
-    for i, byte in enumerate(_SCALARS_META_NP):
-        tensor &= at(tensor_end + i) == byte
+    head = at(q)
+    simple = ok & (q + 5 == end) & (head == 0x15)
+    # New-style: tensor field, then the scalars-plugin metadata up to the end (checked on candidates only).
+    tensor = np.zeros(len(start), dtype=bool)
+    is_f64 = np.zeros(len(start), dtype=bool)
+    t = np.zeros(len(start), dtype=np.int64)
+    cand = np.flatnonzero(ok & ~simple & (head == 0x42))
+    if len(cand):
+        qc, endc = q[cand], end[cand]
+        tensor_end = qc + 2 + at(qc + 1)
+        good = (at(qc + 1) < 0x80) & (tensor_end + len(_SCALARS_META) == endc) & (at(qc + 2) == 0x08)
+        dtype = at(qc + 3)
+        tc = qc + 4 + np.where((at(qc + 4) == 0x12) & (at(qc + 5) == 0x00), 2, 0)
+        field, nbytes = at(tc), at(tc + 1)
+        f32c = (dtype == 1) & (nbytes == 4) & ((field == 0x22) | (field == 0x2A))
+        f64c = (dtype == 2) & (nbytes == 8) & ((field == 0x22) | (field == 0x32))
+        good &= (f32c | f64c) & (tc + 2 + nbytes == tensor_end)
+        for i, byte in enumerate(_SCALARS_META_NP):
+            good &= at(tensor_end + i) == byte
+        tensor[cand] = good
+        is_f64[cand] = f64c
+        t[cand] = tc
     handled = simple | tensor
     idx = np.flatnonzero(handled)
     if not len(idx):
         return handled, pl.DataFrame()
 
-    def gather(pos: np.ndarray, width: int) -> np.ndarray:
-        return arr[pos[:, None] + np.arange(width)]
-
-    wall = gather(start[idx] + 1, 8).copy().view("<f8").ravel()
+    wall = _unaligned(buf, start[idx] + 1, "<f8")
     value_pos = np.where(simple, q + 1, t + 2)[idx]
     as_f64 = is_f64[idx] & tensor[idx]
     values = np.empty(len(idx), dtype=np.float64)
     f32 = ~as_f64
-    values[f32] = gather(value_pos[f32], 4).copy().view("<f4").ravel()
-    values[as_f64] = gather(value_pos[as_f64], 8).copy().view("<f8").ravel()
+    values[f32] = _unaligned(buf, value_pos[f32], "<f4")
+    values[as_f64] = _unaligned(buf, value_pos[as_f64], "<f8")
     frame = pl.DataFrame(
         {
             "record": idx.astype(np.int64),
             "step": step[idx].view(np.int64),
-            "key": _strings_at(arr, (p + 6)[idx], tag_len[idx]),
+            "key": _strings_at(buf, (p + 6)[idx], tag_len[idx]),
             "value": values,
             "wall_time_s": wall,
         }
@@ -492,35 +551,67 @@ def _vector_scalars(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> tupl
     return handled, frame
 
 
-_STRING_CHUNK = 1 << 20
+# Distinct tags found by repeated whole-array comparison before grouping the rest with polars.
+_SCANNED_TAGS = 32
 
 
-def _strings_at(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pl.Series:
-    """The strings at byte ranges of `arr` as one `key` Series, gathered with numpy, never a Python step per range.
+def _strings_at(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """The tags at byte ranges of `buf` as one `key` Series; each distinct tag is decoded once.
 
-    The bytes are copied into one contiguous Arrow string buffer per chunk of ranges;
-    a chunk holding invalid UTF-8 is decoded range by range with replacement instead.
+    A tag is identified exactly by its length and its bytes read as little-endian u64
+    words (the bytes past its end masked off), all loaded with numpy. Writers log a few
+    tags over and over: records are grouped on one 64-bit mix of those words, distinct
+    values peeled off by comparing whole arrays (`_SCANNED_TAGS` times at most, any
+    remainder grouped by polars); the grouping is then checked against every word, and
+    redone on the words themselves should two tags share a mix. Reading a
+    word may run up to 7 bytes past a tag: a one-scalar event always has at least 9
+    more bytes (the value and the record's CRC) after its tag.
     """
-    parts = []
-    for lo in range(0, len(starts), _STRING_CHUNK):
-        chunk_starts = starts[lo : lo + _STRING_CHUNK].astype(np.int64)
-        chunk_lengths = lengths[lo : lo + _STRING_CHUNK].astype(np.int64)
-        offsets = np.zeros(len(chunk_starts) + 1, dtype=np.int64)
-        np.cumsum(chunk_lengths, out=offsets[1:])
-        data = arr[np.repeat(chunk_starts - offsets[:-1], chunk_lengths) + np.arange(offsets[-1], dtype=np.int64)]
-        strings = pa.LargeStringArray.from_buffers(len(chunk_starts), pa.py_buffer(offsets), pa.py_buffer(data))
-        try:
-            strings.validate(full=True)
-        except pa.ArrowInvalid:
-            raw = data.tobytes()
-            strings = pa.array(
-                [raw[a:b].decode("utf-8", "replace") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())],
-                type=pa.large_string(),
-            )
-        parts.append(pl.Series("key", strings, dtype=pl.String))
-    if not parts:
+    n = len(starts)
+    if n == 0:
         return pl.Series("key", [], dtype=pl.String)
-    return pl.concat(parts) if len(parts) > 1 else parts[0]
+    columns = [lengths.astype(np.int64)]
+    for j in range((int(lengths.max()) + 7) // 8):
+        remaining = lengths - 8 * j
+        word = _unaligned(buf, np.where(remaining > 0, starts + 8 * j, starts), "<u8")
+        kept_bits = (np.clip(remaining, 0, 8) * 8).astype(np.uint64)
+        mask = np.where(kept_bits >= 64, ~np.uint64(0), (np.uint64(1) << np.minimum(kept_bits, 63)) - np.uint64(1))
+        columns.append(word & mask)
+    # First on one 64-bit mix of the columns; exact if every record then equals its representative.
+    mix = np.zeros(n, dtype=np.uint64)
+    for k, column in enumerate(columns):
+        mix = (mix ^ column.astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15 + 2 * k)
+        mix ^= mix >> np.uint64(29)
+    codes, firsts = _group_codes([mix])
+    representative = np.asarray(firsts, dtype=np.int64)[codes]
+    if not all(np.array_equal(column, column[representative]) for column in columns):
+        codes, firsts = _group_codes(columns)  # a collision of the mix: group on the columns themselves
+    names = [bytes(buf[starts[i] : starts[i] + lengths[i]]).decode("utf-8", "replace") for i in firsts]
+    return pl.Series("key", names, dtype=pl.String).gather(pl.Series(codes))
+
+
+def _group_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """(group code of each row, first row of each group) for rows equal in every column, groups in order of appearance."""
+    n = len(columns[0])
+    codes = np.empty(n, dtype=np.uint32)
+    firsts: list[int] = []
+    rest = np.arange(n)
+    current = columns
+    while len(rest) and len(firsts) < _SCANNED_TAGS:
+        same = np.ones(len(rest), dtype=bool)
+        for column in current:
+            same &= column == column[0]
+        codes[rest[same]] = len(firsts)
+        firsts.append(int(rest[0]))
+        rest = rest[~same]
+        current = [column[~same] for column in current]
+    if len(rest):  # many distinct tags
+        frame = pl.DataFrame({f"c{k}": column for k, column in enumerate(current)}).with_row_index("i")
+        for members in frame.group_by([f"c{k}" for k in range(len(current))], maintain_order=True).agg("i")["i"]:
+            members = rest[members.to_numpy()]
+            codes[members] = len(firsts)
+            firsts.append(int(members[0]))
+    return codes, firsts
 
 
 def _decode_event(buf: bytes, start: int, end: int, out: _Columns) -> None:

@@ -232,3 +232,57 @@ def test_record_framing_matches_the_plain_loop_on_runs_and_mixes_of_sizes(seed):
     tail = rng.choice([b"", b"\x05", struct.pack("<Q", 1 << 40) + b"\x00" * 8, struct.pack("<Q", 30) + b"\x00" * 20])
     buf += tail
     assert tb._frame_records(buf) == _plain_framing(buf)
+
+
+def _simple_event(step: int, tag: bytes, value: float) -> bytes:
+    """One framed Event record holding a simple_value, encoded by hand (field numbers as in event.proto)."""
+    val = b"\x0a" + bytes([len(tag)]) + tag + b"\x15" + struct.pack("<f", value)
+    summary = b"\x0a" + bytes([len(val)]) + val
+    varint = bytearray()
+    n = step
+    while True:
+        varint.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    event = b"\x09" + struct.pack("<d", 1.7e9 + step) + b"\x10" + bytes(varint) + b"\x2a" + bytes([len(summary)]) + summary
+    header = struct.pack("<Q", len(event))
+    return header + struct.pack("<I", tb.masked_crc32c(header)) + event + struct.pack("<I", tb.masked_crc32c(event))
+
+
+def test_many_long_tags_differing_only_in_the_middle_decode_like_the_general_parser():
+    rng = random.Random(5)
+    tags = [f"model/layer_{i:03d}/attention/grad_norm".encode() for i in range(120)] + [b"a", b"x" * 8, b"y" * 9, b"bad\xff\xfeutf8"]
+    buf = b"".join(_simple_event(step, rng.choice(tags), rng.random()) for step in range(5000))
+    fast, problems, _ = tb.decode_event_bytes(buf, "many_tags")
+    slow, _, _ = tb.decode_event_bytes(buf, "many_tags", _fast=False)
+    assert problems == [] and fast.height == 5000
+    assert fast.equals(slow)
+    assert fast["key"].n_unique() == len(tags)
+
+
+def test_batched_crc_of_equal_runs_and_mixed_ranges_matches_the_oracle():
+    rng = random.Random(7)
+    blobs = [bytes(rng.getrandbits(8) for _ in range(37)) for _ in range(300)]  # a run: equal length, equal spacing
+    blobs += [bytes(rng.getrandbits(8) for _ in range(rng.choice([5, 37, 38]))) for _ in range(200)]
+    blobs += [bytes(rng.getrandbits(8) for _ in range(8)) for _ in range(100)]
+    joined = b"".join(blobs)
+    lengths = np.array([len(b) for b in blobs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    got = tb._masked_crc32c_many(np.frombuffer(joined, dtype=np.uint8), starts, lengths)
+    assert got.tolist() == [tb.masked_crc32c(b) for b in blobs]
+    # the same ranges with a 16-byte gap between records (the record framing around each Event)
+    framed = b"".join(b"\xaa" * 12 + b + b"\xbb" * 4 for b in blobs)
+    starts = np.concatenate([[12], 12 + np.cumsum(lengths + 16)[:-1]]).astype(np.int64)
+    got = tb._masked_crc32c_many(np.frombuffer(framed, dtype=np.uint8), starts, lengths)
+    assert got.tolist() == [tb.masked_crc32c(b) for b in blobs]
+
+
+def test_grouping_rows_tells_apart_rows_that_differ_in_any_column():
+    first = np.array([1, 1, 2, 1, 2, 1], dtype=np.uint64)
+    second = np.array([5, 6, 5, 5, 5, 6], dtype=np.uint64)
+    codes, firsts = tb._group_codes([first, second])
+    assert codes.tolist() == [0, 1, 2, 0, 2, 1] and firsts == [0, 1, 2]
+    many = np.arange(100, dtype=np.uint64) % 40  # more groups than are peeled off one by one
+    codes, firsts = tb._group_codes([many])
+    assert np.array_equal(many[np.asarray(firsts)[codes]], many) and len(firsts) == 40
