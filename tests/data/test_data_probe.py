@@ -253,6 +253,7 @@ def test_a_split_larger_than_a_batch_is_streamed_without_holding_batches():
     assert overlap(tables, "val", "exact")["n_examples_b"] == 10000  # the same generator: every example leaked
 
 
+@pytest.mark.slow  # tracemalloc slows every allocation: ~17 s
 def test_memory_grows_far_slower_than_the_streamed_text():
     def split_of(n_batches):
         def split():
