@@ -13,9 +13,11 @@ Why: a skewed label distribution (`class_imbalance`) matters when the model negl
 rare classes; the overall accuracy hides that (a 50:1 split gives 98% accuracy to a model
 that always answers the majority class), per-class accuracy shows it.
 
-Skipped, with one line in the run's problems: a split without labels, text inputs (`x` a
-list of strings: the model needs the user's tokenizer, which `data_fn` does not give),
-outputs that are not one score vector per example.
+Skipped (logged, not a problem of the run: there is nothing to score): a split without
+labels, text inputs (`x` a list of strings: the model needs the user's tokenizer, which
+`data_fn` does not give), outputs that are not one score vector per example. A failure
+(the user's code, a checkpoint that does not fit the model) is one line in the run's
+problems.
 """
 
 from __future__ import annotations
@@ -105,15 +107,18 @@ def confusion_table(ev: Any, run_dir: Path, row: Mapping[str, Any], device: Any,
         splits = load_splits(probes, params, run_dir)
         split = validation_split(splits)
         if split is None:
-            raise ConfusionSkipped(f"data_fn gave no validation split (one of {', '.join(VALIDATION_SPLITS)}); it gave {sorted(splits)}")
+            raise ConfusionSkipped(f"data_fn gave no validation split (one of {', '.join(VALIDATION_SPLITS)}), only {sorted(splits)}")
         state = load_state_dict(run_dir, row["path"], row["format"])
         # Only model_fn is needed to rebuild the model; batch_fn plays no part here.
         model = build_model(EntryPoints(model_fn=model_fn, batch_fn=None), params, state, device)
         del state
         counts = confusion_counts(model, iter_split(splits[split], split, probes.data_max_examples), device)
+    except ConfusionSkipped as exc:  # nothing to score (no labels, text): not a fault of the run
+        log.info("%s: no per-class accuracy: %s", row["path"], exc)
+        return schema.empty("confusion")
     except Exception as exc:  # the user's code or data, a mismatched checkpoint: this table only
-        why = str(exc) if isinstance(exc, (ConfusionSkipped, MldebugError)) else f"{type(exc).__name__}: {exc}"
-        problems.append(f"{row['path']}: per-class accuracy skipped: {' '.join(why.split())[:300]}")
+        why = str(exc) if isinstance(exc, MldebugError) else f"{type(exc).__name__}: {exc}"
+        problems.append(f"{row['path']}: per-class accuracy failed: {' '.join(why.split())[:300]}")
         log.debug("per-class accuracy failed on %s", row["path"], exc_info=True)
         return schema.empty("confusion")
     rows = confusion_rows(counts, split)

@@ -193,3 +193,40 @@ def test_batches_the_attack_cannot_use_are_skipped_with_the_reason():
 def test_impossible_attack_settings_are_config_errors_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"probes.adversarial.{key}"):
         AdversarialConfig(**{key: value})
+
+
+def test_the_probe_runner_fills_the_robustness_table_for_every_probed_checkpoint(tmp_path):
+    import json
+
+    import yaml
+    from safetensors.torch import save_file
+
+    from mldebug_ray.config import ProbesConfig
+    from mldebug_ray.gather import read_run_dir
+    from mldebug_ray.probes.run_probes import probe_run
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "robust_entry.py").write_text(
+        "import torch\n"
+        "def model_fn(params):\n"
+        "    return torch.nn.Linear(4, 3)\n"
+        "def batch_fn(params):\n"
+        "    gen = torch.Generator().manual_seed(0)\n"
+        "    return torch.randn(128, 4, generator=gen), torch.randint(3, (128,), generator=gen)\n"
+    )
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": 1.0}) + "\n" for s in (10, 20)))
+    for step in (10, 20):
+        save_file(nn.Linear(4, 3).state_dict(), str(run / "checkpoints" / f"step_{step}.safetensors"))
+    ev, _, _ = read_run_dir(run, "run")
+    probes = ProbesConfig(model_fn="robust_entry:model_fn", batch_fn="robust_entry:batch_fn", code_paths=[str(tmp_path / "code")],
+                          model_probes=["robustness"], checkpoint_stats=False, adversarial=AdversarialConfig(epsilon=0.1, pgd_steps=4))
+    problems: list[str] = []
+    table = probe_run(ev, run, probes, problems)["robustness"]
+    assert problems == []
+    assert sorted(table.select("step", "attack").rows()) == [(10, "fgsm"), (10, "pgd"), (20, "fgsm"), (20, "pgd")]
+    assert set(table["run_id"]) == {"run"} and set(table["epsilon"]) == {0.1} and set(table["n_examples"]) == {128}
+    assert (table["adv_acc_frac"] <= table["clean_acc_frac"]).all()

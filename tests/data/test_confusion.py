@@ -140,10 +140,22 @@ def test_the_probe_runner_writes_the_newest_checkpoints_confusion_on_the_validat
     assert bounded["count"].sum() == 40
 
 
-def test_a_split_the_model_cannot_be_scored_on_is_one_problem_line_and_no_rows(tmp_path):
+def test_an_unlabelled_split_gives_no_rows_and_is_no_problem_of_the_run(tmp_path, caplog):
     run = probed_run(tmp_path)
     ev, _, _ = read_run_dir(run, "r")
     problems: list[str] = []
-    table = probe_run(ev, run, config(tmp_path, data_fn="confusion_entry:data_fn_unlabelled"), problems)["confusion"]
+    with caplog.at_level("INFO", logger="mldebug_ray.probes.confusion"):
+        table = probe_run(ev, run, config(tmp_path, data_fn="confusion_entry:data_fn_unlabelled"), problems)["confusion"]
     assert table.height == 0
-    assert any("per-class accuracy skipped" in p and "no labels" in p for p in problems), problems
+    assert not [p for p in problems if "per-class" in p], problems
+    assert "no labels" in caplog.text
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_problem_line(tmp_path):
+    run = probed_run(tmp_path)
+    save_file({"weight": torch.zeros(3, 5), "bias": torch.zeros(3)}, str(run / "checkpoints" / "step_4.safetensors"))
+    ev, _, _ = read_run_dir(run, "r")
+    problems: list[str] = []
+    table = probe_run(ev, run, config(tmp_path), problems)["confusion"]
+    assert table.height == 0
+    assert [p for p in problems if "per-class accuracy failed" in p and "step_4" in p], problems
