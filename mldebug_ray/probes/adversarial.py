@@ -42,12 +42,15 @@ with respect to the perturbation are computed (`torch.autograd.grad`): the param
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from mldebug_ray.errors import ConfigError
 from mldebug_ray.probes.model_loop import forward, logits_of
+
+log = logging.getLogger(__name__)
 
 ATTACKS = ("fgsm", "pgd")
 # Madry et al. (2018) step size: 2.5 * epsilon / steps.
@@ -258,9 +261,16 @@ def attack_rows(model: Any, batch: Any, cfg: AdversarialConfig) -> list[dict[str
 
 
 def robustness_rows(model: Any, batch: Any, cfg: AdversarialConfig, note: Callable[[str], None]) -> list[dict[str, Any]]:
-    """`attack_rows`, or no rows and one `note` saying why the attack does not apply."""
+    """`attack_rows`, or no rows and one `note` saying why the attack does not apply.
+
+    An unexpected failure (the user's model under a perturbed input, an OOM) is logged as
+    a warning and gives no rows: the other probes of the checkpoint keep theirs.
+    """
     try:
         return attack_rows(model, batch, cfg)
     except RobustnessSkipped as exc:
         note(f"robustness probe skipped: {exc}")
-        return []
+    except Exception as exc:
+        log.warning("robustness probe failed: %s: %s", type(exc).__name__, " ".join(str(exc).split())[:300])
+        log.debug("robustness probe failed", exc_info=True)
+    return []

@@ -183,6 +183,8 @@ def test_batches_the_attack_cannot_use_are_skipped_with_the_reason():
     notes: list[str] = []
     assert robustness_rows(nn.Linear(4, 1), (torch.randn(8, 4), torch.randn(8, 1)), AdversarialConfig(), notes.append) == []
     assert "no integer targets" in notes[-1]
+    # A model that breaks under the attack costs only its own rows.
+    assert robustness_rows(nn.Linear(5, 3), (torch.randn(8, 4), torch.randint(3, (8,))), AdversarialConfig(), notes.append) == []
     with pytest.raises(RobustnessSkipped, match="no nn.Embedding"):
         attack_rows(nn.Sequential(), (torch.randint(5, (8, 3)), torch.randint(2, (8,))), AdversarialConfig())
     with pytest.raises(RobustnessSkipped, match="no spread"):
