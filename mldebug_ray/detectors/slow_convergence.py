@@ -172,13 +172,143 @@ def slow_convergence(tables: SweepTables, cfg: SlowConvergenceConfig) -> list[Fi
     peers = _peer_groups(tables, runs, cfg)
     if not peers:
         return []
-    curves = _binned_curves(metrics, choice, cfg)
+    binned = _binned_frame(metrics, choice, cfg)
+    logged = set(binned.select("run_id", "family").unique().iter_rows())
+    # The exact comparison (`_compare`) runs only on the runs that can fire: behind their
+    # peers at the last compared step, which is computed for all runs at once.
+    behind = sorted(_behind_at_end(peers, logged, binned, cfg))
+    needed = set(behind) | {p for rid in behind for p in peers[rid][1]}
+    curves = _curves_of(binned.filter(pl.col("run_id").is_in(sorted(needed))))
     out = []
-    for rid, (mode, group) in sorted(peers.items()):
+    for rid in behind:
+        mode, group = peers[rid]
         finding = _compare(rid, mode, group, choice, curves, cfg)
         if finding is not None:
             out.append(finding)
     return out
+
+
+def _family_for(rid: str, group: list[str], curves, cfg: SlowConvergenceConfig) -> str | None:
+    """The loss family compared: validation when the run and >= min_peers peers log it, else train.
+
+    `curves` is anything holding the logged (run, family) pairs (the curve dict or a set).
+    """
+    for fam in ("val", "train"):
+        if (rid, fam) in curves and sum((p, fam) in curves for p in group) >= cfg.min_peers:
+            return fam
+    return None
+
+
+# A run whose gap at the last compared step is within this relative margin of the line is
+# still compared exactly: polars and numpy may round an interpolation or median differently.
+_ROUNDING_MARGIN = 1e-6
+
+
+def _behind_at_end(peers: dict[str, tuple[str, list[str]]], logged: set[tuple[str, str]], binned: pl.DataFrame, cfg: SlowConvergenceConfig) -> set[str]:
+    """Runs behind their peers' median at the last compared step, for all runs at once.
+
+    `_compare` fires only when the run is behind at its last compared (covered) grid step,
+    so every other run is skipped. Same grid, coverage, interpolation and medians as
+    `_compare`, vectorised: numpy for the grids, polars joins for coverage and values.
+    """
+    pair_rows = []
+    for rid, (mode, group) in peers.items():
+        family = _family_for(rid, group, logged, cfg)
+        if family is None:
+            continue
+        pair_rows += [(rid, family, mode, p) for p in group if (p, family) in logged]
+    if not pair_rows:
+        return set()
+    pairs = pl.DataFrame(pair_rows, schema={"run_id": pl.String, "family": pl.String, "mode": pl.String, "peer": pl.String}, orient="row")
+    ranges = binned.group_by("run_id", "family").agg(pl.col("step").min().alias("first"), pl.col("step").max().alias("last"))
+    peer_ranges = ranges.rename({"run_id": "peer", "first": "p_first", "last": "p_last"})
+    pairs = pairs.join(peer_ranges, on=["peer", "family"])
+    k = cfg.min_peers - 1
+    runs = (
+        pairs.group_by("run_id", "family", "mode")
+        .agg(pl.col("p_first").sort().get(k).alias("p_lo"), pl.col("p_last").sort(descending=True).get(k).alias("p_hi"))
+        .join(ranges, on=["run_id", "family"])
+        .with_columns(pl.max_horizontal("first", "p_lo").alias("lo"), pl.min_horizontal("last", "p_hi").alias("hi"))
+        .filter(pl.col("hi") > pl.col("lo"))
+        .sort("run_id")
+    )
+    if runs.height == 0:
+        return set()
+    lo = runs["lo"].to_numpy().astype(float)
+    hi = runs["hi"].to_numpy().astype(float)
+    lo = lo + cfg.skip_frac * (hi - lo)
+    half = cfg.grid_points // 2
+    lin = np.linspace(lo, hi, half, axis=1)
+    log = lo[:, None] - 1 + np.geomspace(np.ones_like(lo), hi - lo + 1, cfg.grid_points - half, axis=1)
+    grid = np.sort(np.concatenate((lin, log), axis=1), axis=1)
+    keep = np.ones(grid.shape, dtype=bool)
+    keep[:, 1:] = grid[:, 1:] != grid[:, :-1]  # np.unique per run
+    row, col = np.nonzero(keep)
+    points = pl.DataFrame({"run_id": runs["run_id"].gather(row), "family": runs["family"].gather(row), "x": grid[row, col]})
+    # Coverage: peers whose curve spans the point; the last covered point is where it must be behind.
+    cover = (
+        points.join(pairs.select("run_id", "p_first", "p_last"), on="run_id")
+        .group_by("run_id", "family", "x")
+        .agg(((pl.col("x") >= pl.col("p_first")) & (pl.col("x") <= pl.col("p_last"))).sum().alias("n_cover"))
+        .filter(pl.col("n_cover") >= cfg.min_peers)
+    )
+    last = cover.group_by("run_id", "family").agg(pl.len().alias("n_covered"), pl.col("x").max()).filter(pl.col("n_covered") >= 5)
+    if last.height == 0:
+        return set()
+    own = _interp_at(last.select("run_id", "family", "x", pl.col("run_id").alias("curve")), binned, clamp=True)
+    at_peers = _interp_at(
+        last.join(pairs.select("run_id", "peer"), on="run_id").select("run_id", "family", "x", pl.col("peer").alias("curve")),
+        binned,
+        clamp=False,
+    ).drop_nulls("v")
+    med = at_peers.group_by("run_id").agg(pl.col("v").median().alias("med"))
+    spread = at_peers.join(med, on="run_id").group_by("run_id").agg((pl.col("v") - pl.col("med")).abs().median().alias("mad"))
+    judged = (
+        own.select("run_id", pl.col("v").alias("run_v"))
+        .join(med, on="run_id")
+        .join(spread, on="run_id")
+        .join(runs.select("run_id", "mode"), on="run_id")
+        .with_columns(pl.col("med").abs().alias("scale"))
+        .with_columns(
+            pl.when(pl.col("mode") == "seed")
+            .then(pl.max_horizontal(cfg.seed_min_rel_gap * pl.col("scale"), cfg.seed_spread_k * MAD_TO_SIGMA * pl.col("mad")))
+            .otherwise(cfg.sibling_min_rel_gap * pl.col("scale"))
+            .alias("need")
+        )
+    )
+    margin = _ROUNDING_MARGIN * (pl.col("need").abs() + pl.col("scale") + pl.col("run_v").abs())
+    behind = judged.filter((pl.col("run_v") - pl.col("med") > pl.col("need") - margin) & (pl.col("scale") > 0))
+    return set(behind["run_id"].to_list())
+
+
+def _interp_at(points: pl.DataFrame, binned: pl.DataFrame, *, clamp: bool) -> pl.DataFrame:
+    """np.interp of each point's curve (`curve`, `family`) at `x`, as column `v`; outside the
+    curve's steps the end value when `clamp`, else null (not covered)."""
+    curve = (
+        binned.select(pl.col("run_id").alias("curve"), "family", pl.col("step").alias("s0"), pl.col("value").alias("v0"))
+        .with_columns(
+            pl.col("s0").shift(-1).over("curve", "family").alias("s1"),
+            pl.col("v0").shift(-1).over("curve", "family").alias("v1"),
+        )
+        .sort("s0")
+    )
+    # Sorted by x and s0 overall, hence within every `by` group.
+    joined = points.sort("x").join_asof(
+        curve, left_on="x", right_on="s0", by=["curve", "family"], strategy="backward", check_sortedness=False
+    )
+    slope = (pl.col("v1") - pl.col("v0")) / (pl.col("s1") - pl.col("s0"))
+    inner = pl.when(pl.col("s1").is_null()).then(pl.col("v0")).otherwise(slope * (pl.col("x") - pl.col("s0")) + pl.col("v0"))
+    ends = binned.group_by(pl.col("run_id").alias("curve"), "family").agg(
+        pl.col("step").min().alias("first_step"), pl.col("step").max().alias("last_step"), pl.col("value").first().alias("v_first")
+    )
+    joined = joined.join(ends, on=["curve", "family"], how="left")
+    if clamp:  # np.interp: the first value before the first point, the last after the last
+        value = pl.when(pl.col("x") < pl.col("first_step")).then(pl.col("v_first")).otherwise(inner)
+    else:
+        inside = (pl.col("x") >= pl.col("first_step")) & (pl.col("x") <= pl.col("last_step"))
+        value = pl.when(inside).then(inner).otherwise(None)
+    joined = joined.with_columns(value.alias("v"))
+    return joined.select("run_id", "family", "x", "curve", "v")
 
 
 def _peer_groups(tables: SweepTables, runs: list[str], cfg: SlowConvergenceConfig) -> dict[str, tuple[str, list[str]]]:
@@ -226,8 +356,9 @@ def _peer_groups(tables: SweepTables, runs: list[str], cfg: SlowConvergenceConfi
     return out
 
 
-def _binned_curves(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConvergenceConfig) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """{(run, family): (steps, values)}: medians of ~bins_per_run step bins of each chosen series."""
+def _binned_frame(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConvergenceConfig) -> pl.DataFrame:
+    """[run_id, family, bin, step, value, row_step, row_value]: medians of ~bins_per_run step bins
+    of each chosen series, sorted by run, family and step."""
     wanted = choice.select("run_id", "key", "split", "family", "first_step", "last_step").lazy()
     joined = metrics.join(wanted, on=["run_id", "key"], how="inner")
     # A null split matches a null split (join on nulls does not).
@@ -237,7 +368,7 @@ def _binned_curves(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConverg
     # Bins equal in log(step): single steps early, where the loss moves fast, wide bins late.
     span = (pl.col("last_step") - pl.col("first_step")).cast(pl.Float64).log1p().clip(lower_bound=1e-9)
     position = (pl.col("step") - pl.col("first_step")).cast(pl.Float64).log1p() / span
-    binned = (
+    return (
         joined.filter(pl.col("value").is_finite())
         .with_columns((position * cfg.bins_per_run).floor().cast(pl.Int64).alias("bin"))
         .group_by("run_id", "family", "bin")
@@ -250,6 +381,10 @@ def _binned_curves(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConverg
         .sort("run_id", "family", "step")
         .collect(engine="streaming")
     )
+
+
+def _curves_of(binned: pl.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """{(run, family): (steps, values, row_steps, row_values)} of the binned curves."""
     out = {}
     for (rid, family), frame in binned.group_by(["run_id", "family"], maintain_order=True):
         out[(rid, family)] = (
@@ -261,12 +396,14 @@ def _binned_curves(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConverg
     return out
 
 
+def _binned_curves(metrics: pl.LazyFrame, choice: pl.DataFrame, cfg: SlowConvergenceConfig):
+    """{(run, family): (steps, values, row_steps, row_values)}: medians of ~bins_per_run step bins."""
+    return _curves_of(_binned_frame(metrics, choice, cfg))
+
+
 def _compare(rid, mode, group, choice, curves, cfg: SlowConvergenceConfig) -> Finding | None:
-    family = None
-    for fam in ("val", "train"):
-        if (rid, fam) in curves and sum((p, fam) in curves for p in group) >= cfg.min_peers:
-            family = fam
-            break
+    """The exact comparison of one run with its peers (the definition of a finding)."""
+    family = _family_for(rid, group, curves, cfg)
     if family is None:
         return None
     peers = [p for p in group if (p, family) in curves]

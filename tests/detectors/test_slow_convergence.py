@@ -97,3 +97,52 @@ def test_config_rejects_impossible_values_naming_the_key():
         SlowConvergenceConfig(min_peers=1)
     with pytest.raises(ConfigError, match="detectors.slow_convergence.sustain_frac"):
         SlowConvergenceConfig(sustain_frac=0.0)
+
+
+def _every_run_compared(tables: SweepTables, cfg: SlowConvergenceConfig):
+    """The obvious oracle: the exact per-run comparison on every run with peers (the detector
+    before its vectorised pre-selection)."""
+    from mldebug_ray.detectors.slow_convergence import _binned_curves, _compare, _loss_series_choice, _peer_groups
+
+    metrics = tables.scan("metrics")
+    summary = metrics.group_by("run_id", "key", "split").agg(
+        pl.col("value").is_finite().sum().alias("n_finite"),
+        (pl.col("value").is_not_null() & ~pl.col("value").is_finite()).sum().alias("n_nonfinite"),
+        pl.col("step").filter(pl.col("value").is_finite()).min().alias("first_step"),
+        pl.col("step").filter(pl.col("value").is_finite()).max().alias("last_step"),
+    ).collect()
+    choice = _loss_series_choice(summary).filter((pl.col("n_finite") >= cfg.min_points) & (pl.col("n_nonfinite") == 0))
+    peers = _peer_groups(tables, sorted(set(choice["run_id"].to_list())), cfg)
+    curves = _binned_curves(metrics, choice, cfg)
+    found = [_compare(rid, mode, group, choice, curves, cfg) for rid, (mode, group) in sorted(peers.items())]
+    return [f for f in found if f is not None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_selection_gives_the_same_findings_as_comparing_every_run(tmp_path, seed):
+    """Random sweeps with seed groups, sibling studies and param-less seed folders, lags drawn
+    around both thresholds (5% + 3 sigma of seed noise, 25% for siblings)."""
+    rng = np.random.default_rng(seed)
+    runs, params = {}, {}
+    for g in range(12):
+        n = int(rng.integers(40, 400))
+        kind = ("seed", "siblings", "named")[g % 3]
+        for r in range(int(rng.integers(4, 7))):
+            lag = rng.choice([1.0, 1.0, rng.uniform(1.02, 1.4)])
+            speed = rng.choice([1.0, rng.uniform(0.4, 1.0)])
+            values = curve(n, 2.0 * lag, speed=speed, seed=int(rng.integers(1 << 30)), noise=float(rng.choice([0.005, 0.03])))
+            if kind == "seed":
+                rid = f"g{g}/run{r}"
+                params[rid] = {"lr": 0.01, "seed": r}
+            elif kind == "siblings":
+                rid = f"g{g}/trial_{r}"
+                params[rid] = {"lr": 0.001 * (r + 1), "seed": 0}
+            else:
+                rid = f"g{g}/m-seed{r}"
+            runs[rid] = (values, "val/loss" if g % 2 else "loss")
+    tables = write_sweep(tmp_path, runs, params)
+    cfg = SlowConvergenceConfig()
+    expected = _every_run_compared(tables, cfg)
+    got = slow_convergence(tables, cfg)
+    assert [(f.run_id, f.onset_step, f.summary, f.confidence) for f in got] == [(f.run_id, f.onset_step, f.summary, f.confidence) for f in expected]
+    assert expected  # the sweep has slow runs at all
