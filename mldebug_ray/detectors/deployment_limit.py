@@ -29,11 +29,11 @@ class DeploymentLimitConfig:
             raise ConfigError(f"detectors.deployment_limit.max_cited_checkpoints must be >= 1, got {self.max_cited_checkpoints}")
 
 
-# (name, measured column, limit column, unit for the summary)
+# (name, measured column, limit column, words and unit for the summary)
 _LIMITS = (
-    ("latency", "latency_ms_median", "max_latency_ms", " ms"),
-    ("params", "n_params", "max_params", " parameters"),
-    ("param_bytes", "param_bytes", "max_param_bytes", " bytes"),
+    ("latency", "latency_ms_median", "max_latency_ms", "median inference latency", " ms"),
+    ("params", "n_params", "max_params", "parameter count", ""),
+    ("param_bytes", "param_bytes", "max_param_bytes", "parameter bytes", ""),
 )
 
 
@@ -70,7 +70,7 @@ def deployment_limit(ev: RunEvidence, cfg: DeploymentLimitConfig) -> list[Findin
         return []
     rid = ev.run_id
     findings = []
-    for name, measured, limit, unit in _LIMITS:
+    for name, measured, limit, label, unit in _LIMITS:
         over = dep.filter(pl.col(limit).is_not_null() & pl.col(measured).is_not_null() & (pl.col(measured) > pl.col(limit)))
         if over.height == 0:
             continue
@@ -90,15 +90,15 @@ def deployment_limit(ev: RunEvidence, cfg: DeploymentLimitConfig) -> list[Findin
         latency = name == "latency"
         all_over = latency and newest["latency_ms_min"] is not None and newest["latency_ms_min"] > newest[limit]
         at = f"batch {newest['batch_size']} on {newest['device']}" if latency else ""
+        show = fmt if latency else (lambda v: f"{int(v):,}")
         findings.append(
             Finding(
                 kind="deployment_limit",
                 severity="medium" if latency else "high",
                 confidence=(0.9 if all_over else 0.7) if latency else 0.99,
                 summary=(
-                    f"{'median inference latency' if latency else measured.replace('_', ' ')} "
-                    f"{fmt(newest[measured])}{unit}{' (' + at + ')' if at else ''} exceeds probes.deploy.{limit} = "
-                    f"{fmt(newest[limit])}{unit} ({fmt(newest[measured] / newest[limit])}x)"
+                    f"{label} {show(newest[measured])}{unit}{' (' + at + ')' if at else ''} exceeds probes.deploy.{limit} = "
+                    f"{show(newest[limit])}{unit} ({fmt(newest[measured] / newest[limit])}x)"
                     + (f" in {over.height} probed checkpoint(s)" if over.height > 1 else f" at step {newest['step']}")
                     + ("; every timed repeat was over" if all_over else "; the fastest repeat was within it" if latency else "")
                 ),

@@ -207,7 +207,7 @@ def test_analyze_run_writes_the_deployment_part_the_trace_and_the_limit_finding(
     assert dep.select("run_id", "step", "param_bytes", "max_param_bytes").rows() == [("run", 20, 1540, 1000)]
     assert json.loads((out / dep["trace_path"][0]).read_text())["traceEvents"]
     found = read_table(out, "findings").filter(pl.col("kind") == "deployment_limit")
-    assert found["summary"].to_list() == ["param bytes 1540 bytes exceeds probes.deploy.max_param_bytes = 1000 bytes (1.54x) at step 20"]
+    assert found["summary"].to_list() == ["parameter bytes 1,540 exceeds probes.deploy.max_param_bytes = 1,000 (1.54x) at step 20"]
 
 
 def test_bad_deploy_settings_name_the_key():
