@@ -691,7 +691,8 @@ class TrainIndex:
             self.sig = np.ascontiguousarray(sig[keep])
             self.exact_of_near = exact[keep]
             keys = band_keys(kind, self.sig)
-            self.band_order = [np.argsort(keys[:, j], kind="stable") for j in range(keys.shape[1])]
+            index_type = np.int32 if keys.shape[0] < 2**31 else np.int64  # half the memory of argsort's int64
+            self.band_order = [np.argsort(keys[:, j], kind="stable").astype(index_type) for j in range(keys.shape[1])]
             self.band_sorted = [keys[order, j] for j, order in enumerate(self.band_order)]
 
     def id_of(self, index: np.ndarray) -> list[str]:
@@ -812,7 +813,10 @@ class DataScanner:
                     if sig is not None:
                         sig_parts.append(sig)
                         valid_parts.append(valid)
-                    id_parts.append(pl.Series("id", nb.ids, dtype=pl.String))
+                    if id_parts or nb.ids[0] != f"{name}:{nb.offset}" or nb.ids[-1] != f"{name}:{nb.offset + len(nb) - 1}":
+                        if not id_parts and nb.offset:  # the default ids of the batches before the first given ones
+                            id_parts.append(pl.Series("id", [f"{name}:{i}" for i in range(nb.offset)], dtype=pl.String))
+                        id_parts.append(pl.Series("id", nb.ids, dtype=pl.String))
                 if index is not None:
                     self._match(scan, index, nb, exact, sig, valid)
         except Exception as exc:  # the user's data: this split only

@@ -312,3 +312,14 @@ def test_config_rejects_impossible_values_naming_the_key():
         DataProbeConfig(minhash_perms=30)
     with pytest.raises(ConfigError, match="probes.data.near_min_jaccard"):
         DataProbeConfig(near_min_jaccard=0.0)
+
+
+def test_ids_given_only_from_a_later_batch_keep_the_default_ids_before_them():
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(12))
+
+    def train():
+        yield {"x": x[:3]}
+        yield {"x": x[3:], "id": ["d", "e", "f"]}
+
+    tables, _ = run({"train": train, "val": batches(x[[1, 4]])})
+    assert overlap(tables, "val", "exact")["example_ids_a"] == ["train:1", "e"]
