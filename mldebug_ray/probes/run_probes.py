@@ -226,6 +226,8 @@ def model_tables(
         tracing = False
     for row in selected:
         deploy = id(row) in deployed
+        if not deploy and set(probes.model_probes) <= {"deployment"}:
+            continue  # nothing else to run on this checkpoint: do not load it
         trace = profile_trace_path(out_dir, ev.run_id, row["step"]) if tracing and deploy else None
         try:
             rows = probe_checkpoint(

@@ -177,6 +177,16 @@ def test_probe_run_measures_the_newest_checkpoint_and_saves_its_trace(tmp_path):
     assert no_out == ["probes.deploy.profile_trace: no output directory to save traces in; none saved"]
 
 
+def test_with_deployment_alone_older_checkpoints_are_not_even_loaded(tmp_path):
+    run = _run_dir(tmp_path, broken_step=5)  # step_5.pt does not fit the model: loading it would be a problem
+    ev, _, _ = read_run_dir(run, "run")
+    problems: list[str] = []
+    tables = probe_run(ev, run, _config(model_probes=["deployment"], checkpoint_stats=False, deploy=DeployConfig(repeats=1)), problems)
+    assert problems == [] and tables["deployment"]["step"].to_list() == [20]
+    probe_run(ev, run, _config(model_probes=["deployment", "outputs"], checkpoint_stats=False, deploy=DeployConfig(repeats=1)), problems)
+    assert len(problems) == 1 and "step_5.pt: model probes failed" in problems[0]
+
+
 def test_the_deployment_limit_detector_fires_on_rows_the_probe_measured(tmp_path):
     from mldebug_ray.detectors.deployment_limit import DeploymentLimitConfig, deployment_limit
 
