@@ -278,18 +278,23 @@ def _lr_tests(lr: pl.DataFrame, stats: pl.DataFrame, cfg: DetectorsConfig) -> li
         return []
     c = cfg.lr_schedule_anomaly
     lr = lr.filter(pl.col("value").is_finite())
-    peak = lr.group_by("seg").agg(pl.col("value").max().alias("peak"))
-    low = lr.join(peak, on="seg").filter(pl.col("value") <= c.floor_frac * pl.col("peak"))  # zero, negative, collapsed
+    # Blocks are numbered 0..S-1, so a per-block value reaches its rows by a gather, not a join.
+    n_segs = int(stats["seg"].max()) + 1
+    peak = lr.group_by("seg").agg(pl.col("value").max())
+    per_seg = np.full(n_segs, np.nan)
+    per_seg[peak["seg"].to_numpy()] = peak["value"].to_numpy()
+    seg = lr["seg"].to_numpy()
+    low = lr.filter(pl.Series(lr["value"].to_numpy() <= c.floor_frac * per_seg[seg]))  # zero, negative, collapsed
     # A jump: after the LR settled (a run of settle_points non-increasing points ended
     # before it, within its block), a point above jump_factor x every earlier value, hence
     # above jump_factor x the point just before it: the test below, one pass for all blocks.
     no_increase = ((pl.col("value") <= pl.col("value").shift(1)) & (pl.col("pos") > 0)).fill_null(False).cast(pl.Int32)
     lr = lr.with_columns(pl.int_range(pl.len()).alias("i"), (no_increase.rolling_sum(window_size=c.settle_points, min_samples=1) >= c.settle_points).alias("run"))
-    settle_at = lr.filter(pl.col("run")).group_by("seg").agg(pl.col("i").min().alias("settle_i"))
-    jump = lr.join(settle_at, on="seg").filter(
-        (pl.col("i") > pl.col("settle_i")) & (pl.col("pos") > 0) & (pl.col("value") > c.jump_factor * pl.col("value").shift(1))
-        & (pl.col("value") > 0)
-    )
+    settle = lr.filter(pl.col("run")).group_by("seg").agg(pl.col("i").min())
+    per_seg = np.full(n_segs, np.iinfo(np.int64).max)
+    per_seg[settle["seg"].to_numpy()] = settle["i"].to_numpy()
+    settled = pl.Series(lr["i"].to_numpy() > per_seg[seg])
+    jump = lr.filter(settled & (pl.col("pos") > 0) & (pl.col("value") > c.jump_factor * pl.col("value").shift(1)) & (pl.col("value") > 0))
     return [_by_seg(low, stats, "lr_schedule_anomaly: an LR at or below floor_frac x its peak"),
             _by_seg(jump, stats, "lr_schedule_anomaly: an LR above jump_factor x the one before, after it settled")]
 
