@@ -76,6 +76,7 @@ def test_count_parameters_matches_the_model_by_module_type_and_dtype(runs, tmp_p
     assert read_table(tmp_path, "checkpoints").select("format", "n_params").row(0) == ("safetensors", total)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_count_parameters_reads_bf16_headers_torch_files_and_dcp_folders(runs, tmp_path):
     model = model_fn(embedding_heavy())
@@ -97,6 +98,7 @@ def test_count_parameters_reads_bf16_headers_torch_files_and_dcp_folders(runs, t
     assert f"dcp, step None, {n:,} parameters" in folder.stdout and "total only" in folder.stdout
 
 
+@pytest.mark.slow
 def test_check_gradients_matches_autograd_and_flags_vanishing_gradients(runs, tmp_path):
     ckpt = runs["vanishing"] / "checkpoints" / "step_50.pt"
     out = tool("check_gradients", ckpt, *DEMO_FNS, "--out", tmp_path)
