@@ -44,11 +44,13 @@ def _fix(name: str) -> str:
             "smaller batch or sequence length at serving time, fewer or narrower layers, distillation into a smaller "
             "model, bf16/fp16 or int8 inference, torch.compile or an exported runtime."
         )
-    return (
-        "Store and serve the weights in a smaller dtype (bf16/fp16 halves float32 bytes, int8 quantisation quarters them), "
-        "tie input and output embeddings, prune or distil into a smaller model, or shrink the largest module type "
-        "(count_parameters.py shows which)."
+    fewer = (
+        "tie input and output embeddings, prune or distil into a smaller model, or shrink the module type holding most "
+        "parameters (profiling/count_parameters.py shows which)."
     )
+    if name == "params":
+        return fewer[0].upper() + fewer[1:]
+    return "Store and serve the weights in a smaller dtype (bf16/fp16 halve float32 bytes, int8 quantisation quarters them); or " + fewer
 
 
 @detector("deployment_limit")
@@ -79,18 +81,18 @@ def deployment_limit(ev: RunEvidence, cfg: DeploymentLimitConfig) -> list[Findin
         steps = over["step"].drop_nulls()
         onset = int(steps.min()) if steps.len() else None
         end = int(steps.max()) if steps.len() else None
+        latency = name == "latency"
+        show = fmt if latency else (lambda v: f"{int(v):,}")
         evidence = []
         for r in over.head(cfg.max_cited_checkpoints).iter_rows(named=True):
             where = {"run_id": rid, "device": r["device"]}
             if r["step"] is not None:
                 where["step"] = int(r["step"])
             evidence.append(
-                EvidenceRef("deployment", where, float(r[measured]), f"{measured} {fmt(r[measured])} > {limit} {fmt(r[limit])} at step {r['step']}")
+                EvidenceRef("deployment", where, float(r[measured]), f"{measured} {show(r[measured])} > {limit} {show(r[limit])} at step {r['step']}")
             )
-        latency = name == "latency"
         all_over = latency and newest["latency_ms_min"] is not None and newest["latency_ms_min"] > newest[limit]
         at = f"batch {newest['batch_size']} on {newest['device']}" if latency else ""
-        show = fmt if latency else (lambda v: f"{int(v):,}")
         findings.append(
             Finding(
                 kind="deployment_limit",

@@ -41,7 +41,8 @@ def test_each_exceeded_limit_is_one_finding_citing_its_rows(well_formed):
     assert params.kind == "deployment_limit" and params.severity == "high" and params.confidence == 0.99
     assert (params.onset_step, params.end_step) == (100, 200)
     assert [e.where["step"] for e in params.evidence] == [200, 100] and params.evidence[0].value == 1000.0
-    assert "probes.deploy.max_params = 999" in params.summary
+    assert "probes.deploy.max_params = 999" in params.summary and params.evidence[0].text == "n_params 1,000 > max_params 999 at step 200"
+    assert "smaller dtype" not in params.fix  # a dtype does not change a parameter count
     latency = by_metric["latency_ms_median"]
     assert latency.severity == "medium" and latency.confidence == 0.9 and latency.onset_step == 200
     assert "every timed repeat was over" in latency.summary and "batch 32 on cpu" in latency.summary
