@@ -50,6 +50,11 @@ example (the data itself is never held):
   order and batch size, changed by any edited, added or removed example.
 
 Tables written (schema.py): `data_splits`, `data_labels`, `data_overlap`, `data_features`.
+
+A rerun on the same out_dir reuses a run's cached tables unless the run directory, the
+config or the `data_fn` module changed (fingerprint.py): the data itself is not re-read to
+decide. Data that changes behind an unchanged `data_fn` (a bucket refreshed in place) needs
+a fresh out_dir; the split fingerprints then tell whether it changed.
 """
 
 from __future__ import annotations

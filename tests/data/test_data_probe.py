@@ -323,3 +323,26 @@ def test_ids_given_only_from_a_later_batch_keep_the_default_ids_before_them():
 
     tables, _ = run({"train": train, "val": batches(x[[1, 4]])})
     assert overlap(tables, "val", "exact")["example_ids_a"] == ["train:1", "e"]
+
+
+def test_near_duplicate_token_sequences_are_found_by_minhash():
+    g = torch.Generator().manual_seed(13)
+    train = torch.randint(0, 30000, (2000, 64), generator=g)
+    val = torch.randint(0, 30000, (500, 64), generator=g)
+    val[7] = train[1234]
+    val[7, 30] = 5  # one token of 64 changed: 3 of 62 shingles differ, Jaccard 59/65 = 0.91
+    val[8] = train[99]
+    tables, _ = run({"train": batches(train), "val": batches(val)})
+    assert overlap(tables, "val", "exact")["example_ids_b"] == ["val:8"]
+    near = overlap(tables, "val", "near")
+    assert near["example_ids_b"] == ["val:7"] and near["example_ids_a"] == ["train:1234"]
+    assert "3-token shingles" in near["method"]
+
+
+def test_the_compose_path_takes_data_probe_and_detector_overrides(tmp_path):
+    from mldebug_ray.api import compose_config
+
+    cfg = compose_config([tmp_path], tmp_path / "out", overrides={"probes.data.near_min_jaccard": 0.7, "detectors.class_imbalance.medium_ratio": 5})
+    assert cfg.probes.data.near_min_jaccard == 0.7 and cfg.detectors.class_imbalance.medium_ratio == 5
+    with pytest.raises(ConfigError, match="probes.data.minhash_perms"):
+        compose_config([tmp_path], tmp_path / "out", overrides={"probes.data.minhash_perms": 30})
