@@ -184,3 +184,14 @@ def test_ray_tune_checkpoint_folders_are_checkpoints_of_the_trial_never_runs(tmp
     assert sorted(Path(p).parent.name for p in read.checkpoints["path"]) == ["checkpoint_000000", "checkpoint_000001"]
     assert set(read.checkpoints["n_params"].to_list()) == {16}
     assert 9.9 not in read.metrics["value"].to_list()  # the checkpoint's copy of the log is not a second curve
+
+
+def test_two_wandb_folders_of_a_resumed_hydra_job_merge_without_double_counting(tmp_path):
+    out = _hydra_output_dir(tmp_path)
+    real = DATA / "wandb" / "offline-run-20261124_233518-r1dwlrk5"
+    shutil.copytree(real, out / "wandb" / "offline-run-20261125_080000-r1dwlrk5")  # the resumed attempt
+    read = read_run(out)
+    alone = read_run(real)
+    assert read.status == "ok", read.reason
+    cols = ["step", "key", "value"]
+    assert read.metrics.select(cols).sort(cols).equals(alone.metrics.select(cols).sort(cols))
