@@ -1,6 +1,6 @@
 """Reading speed: the whole corpus through `read_run`, and a generated ~150 MB TensorBoard event file.
 
-    python benchmarks/read_speed.py [--corpus ../shared/corpus] [--tb-mb 150] [--no-loader] [--keep DIR]
+    python benchmarks/read_speed.py [--corpus ../shared/corpus] [--tb-mb 150] [--no-corpus] [--no-tb] [--keep DIR]
 
 1. Corpus: every run of every sweep root read with `mldebug_ray.read_run` (the same
    readers as the pipeline, no Ray), one process: runs/s, metric rows/s, MB/s of the
@@ -9,14 +9,10 @@
    scalars at 150 MB), written here record by record as TensorFlow's writer frames them
    (u64 length, masked CRC-32C of the length, Event protobuf, masked CRC-32C of the
    data; CRCs computed vectorised with numpy), decoded by our reader with CRC checking
-   off and on, against, in the same process on the same file: plain `open().read()`,
-   and TensorBoard's own `EventFileLoader` (pure-Python CRC and protobuf parsing; the
-   reader TensorBoard's `EventAccumulator` sits on) when the `tensorboard` package is
-   importable. CPU seconds are printed next to wall seconds (the machine may be shared).
-   EventFileLoader manages well under 1 MB/s on one-scalar events, so it
-   reads a whole-record prefix of the same file (`--loader-mb`, default 4) and our
-   reader is timed again on that prefix for the ratio. Prints MB/s, the ratios, and
-   whether the scalar counts match.
+   off and on, against plain `open().read()` in the same process on the same file. CPU
+   seconds are printed next to wall seconds (the machine may be shared). The comparison
+   with TensorBoard's EventAccumulator and tbparse on a whole 100 MB+ file written by
+   the real writer is benchmarks/tb_speed.py.
 """
 
 from __future__ import annotations
@@ -167,7 +163,7 @@ def _timed(fn, repeat: int = 1):
 LAST_CPU_S = 0.0
 
 
-def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Path | None) -> None:
+def tensorboard_speed(tb_mb: float, keep: Path | None) -> None:
     from mldebug_ray.readers.tensorboard import read_event_file
 
     folder = keep or Path(tempfile.mkdtemp(prefix="tb_bench_"))
@@ -186,43 +182,6 @@ def tensorboard_speed(tb_mb: float, use_loader: bool, loader_mb: float, keep: Pa
     print(f"  ours, CRC off:            {off_s:7.2f} s  {mb / off_s:8.1f} MB/s  {frame_off.height:,} scalars  (CPU {off_cpu:.2f} s) {problems_off or ''}")
     print(f"  ours, CRC on:             {on_s:7.2f} s  {mb / on_s:8.1f} MB/s  {frame_on.height:,} scalars  (CPU {on_cpu:.2f} s) {problems_on or ''}")
     print(f"  ratios: CRC off = {off_s / io_s:.1f}x raw I/O time, CRC on = {on_s / off_s:.2f}x CRC off")
-    if use_loader:
-        try:
-            from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-        except ImportError:
-            print("  tensorboard not importable: EventFileLoader baseline skipped")
-        else:
-            # EventFileLoader runs ~0.1-0.5 MB/s on one-scalar events here: it gets a prefix of the
-            # same file (whole records), and ours is timed again on that same prefix.
-            prefix = folder / "events.out.tfevents.1700000000.prefix"
-            record_len = (path.stat().st_size - header_bytes) // n
-            keep_records = max(1, min(n, int((loader_mb * 1e6 - header_bytes) // record_len)))
-            with open(path, "rb") as src, open(prefix, "wb") as dst:
-                dst.write(src.read(header_bytes + keep_records * record_len))
-            prefix_mb = prefix.stat().st_size / 1e6
-
-            def load() -> int:
-                count = 0
-                for event in EventFileLoader(str(prefix)).Load():
-                    for value in event.summary.value:
-                        if value.HasField("simple_value") or value.HasField("tensor"):
-                            count += 1
-                return count
-
-            loader_s, loader_n = _timed(load)
-            loader_cpu = LAST_CPU_S
-            ours_off_s, (p_off, _, _) = _timed(lambda: read_event_file(prefix, check_crc=False), repeat=3)
-            ours_on_s, (p_on, _, _) = _timed(lambda: read_event_file(prefix, check_crc=True), repeat=3)
-            print(f"  same-file baseline on the first {prefix_mb:.1f} MB ({keep_records:,} scalars):")
-            print(f"    tensorboard EventFileLoader: {loader_s:7.2f} s  {prefix_mb / loader_s:8.2f} MB/s  {loader_n:,} scalars"
-                  f"  (CPU {loader_cpu:.2f} s; whole file at this rate: ~{mb / (prefix_mb / loader_s):.0f} s)")
-            print(f"    ours, CRC off:               {ours_off_s:7.2f} s  {prefix_mb / ours_off_s:8.1f} MB/s  {p_off.height:,} scalars")
-            print(f"    ours, CRC on:                {ours_on_s:7.2f} s  {prefix_mb / ours_on_s:8.1f} MB/s  {p_on.height:,} scalars")
-            print(
-                f"    ratios: EventFileLoader / ours CRC off = {loader_s / ours_off_s:.0f}x, / ours CRC on = {loader_s / ours_on_s:.0f}x;"
-                f" scalar counts match: {loader_n == p_off.height == p_on.height == keep_records}"
-            )
-            os.unlink(prefix)
     if keep is None:
         os.unlink(path)
         os.rmdir(folder)
@@ -232,14 +191,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=HERE.parent.parent / "shared" / "corpus")
     parser.add_argument("--tb-mb", type=float, default=150.0, help="size of the generated event file (MB)")
-    parser.add_argument("--no-loader", action="store_true", help="skip TensorBoard's EventFileLoader baseline")
-    parser.add_argument("--loader-mb", type=float, default=4.0, help="prefix of the file given to EventFileLoader (MB)")
     parser.add_argument("--no-corpus", action="store_true")
+    parser.add_argument("--no-tb", action="store_true", help="skip the generated event file")
     parser.add_argument("--keep", type=Path, default=None, help="write the event file here and keep it")
     args = parser.parse_args()
     if not args.no_corpus:
         corpus_speed(args.corpus)
-    tensorboard_speed(args.tb_mb, not args.no_loader, args.loader_mb, args.keep)
+    if not args.no_tb:
+        tensorboard_speed(args.tb_mb, args.keep)
 
 
 if __name__ == "__main__":
