@@ -91,6 +91,23 @@ class AgentConfig:
     """rules: the offline rule-based agent (no network); anthropic: the LLM agent (mldebug_ray/agent/)."""
     min_confidence_without_requests: float = 0.8
     """SPEC §5: a root cause below this confidence is reported only with requests for data."""
+    lr_zero_max: float = 1e-8
+    """rules: a learning rate at or below this (absolute) is "zero". At 1e-8 an Adam step moves a
+    weight by <= ~1e-8, so 1e5 steps move it by <= 1e-3, far under a typical init scale of 1e-2..1e-1:
+    the model cannot leave its initial (chance-level) loss."""
+    small_dataset_examples: int = 10_000
+    """rules: a training set of fewer examples than this is "small" when the run overfits. The common
+    supervised benchmarks whose curves saturate hold 5x more (CIFAR-10 50k, MNIST 60k), and learning
+    curves are still steep below ~10k (Hestness et al. 2017, "Deep learning scaling is predictable")."""
+    dataset_size_keys: list[str] = field(default_factory=lambda: [
+        "train_size", "n_train", "num_train", "num_train_samples", "n_train_samples", "train_samples",
+        "max_train_samples", "max_samples", "num_train_examples", "train_examples", "dataset_size", "n_samples",
+    ])
+    """rules: param names (last dotted part) that give the number of training examples (HF's `max_train_samples` caps it)."""
+    batch_size_keys: list[str] = field(default_factory=lambda: [
+        "batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "micro_bsz", "bs",
+    ])
+    """rules: param names (last dotted part) of the per-device (micro) batch size, compared across peers after an OOM."""
     # The fields below are read by kind=anthropic only (conf/agent/anthropic.yaml sets them).
     # The API key is never a config value: it comes from ANTHROPIC_API_KEY only.
     model: str = "claude-sonnet-5-5"
@@ -124,6 +141,10 @@ class AgentConfig:
             raise ConfigError(f"agent.kind must be one of {AGENT_KINDS}, got {self.kind!r}")
         if not 0.0 <= self.min_confidence_without_requests <= 1.0:
             raise ConfigError("agent.min_confidence_without_requests must be in [0, 1]")
+        if not self.lr_zero_max >= 0:
+            raise ConfigError(f"agent.lr_zero_max must be >= 0, got {self.lr_zero_max}")
+        if self.small_dataset_examples < 1:
+            raise ConfigError(f"agent.small_dataset_examples must be >= 1, got {self.small_dataset_examples}")
         for key in ("max_turns", "max_tokens", "token_budget", "max_concurrency"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"agent.{key} must be >= 1, got {getattr(self, key)}")

@@ -37,7 +37,7 @@ REQUESTS_BY_KIND = {
     "loss_spike": "Log the data batch ids around the spike steps to confirm a data-induced spike.",
     "grad_norm_spike": "Log per-layer gradient norms (or run the gradient probe with probes.model_fn) to find which layer spikes.",
     "plateau": "Log the learning rate and per-layer gradient norms; a gradient probe (probes.model_fn) shows whether gradients reach early layers.",
-    "overfitting": "Log train and validation metrics at the same steps, and the training-set size.",
+    "overfitting": "Log train and validation metrics at the same steps and the training-set size; a learning curve (the same recipe on 2x and 4x the examples) tells too little data from too many epochs.",
     "run_incomplete": "Provide the job's stderr/log file to see why the run stopped.",
     "mode_collapse": "Log the training targets' label distribution per epoch and the validation predictions' top-1 share at every eval.",
     "slow_convergence": "Provide more runs of the same config with other seeds (or the peers' configs) so the lag can be told from seed noise.",
@@ -298,10 +298,240 @@ def _divergence_cause(
     return cause, used
 
 
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1].lower()
+
+
+def _param_rows(params: pl.DataFrame, run_id: str, names: list[str]) -> list[dict]:
+    """The run's numeric params whose last dotted part is one of `names`, in `names` order."""
+    if params.height == 0:
+        return []
+    wanted = {n.lower(): i for i, n in enumerate(names)}
+    rows = [r for r in params.filter(pl.col("run_id") == run_id).iter_rows(named=True) if _leaf(r["key"]) in wanted and r["value_num"] is not None]
+    return sorted(rows, key=lambda r: wanted[_leaf(r["key"])])
+
+
+def _param_ref(row: dict, text: str) -> EvidenceRef:
+    return EvidenceRef("params", {"run_id": row["run_id"], "key": row["key"]}, row["value_num"], text)
+
+
+def _lr_zero_cause(plateau: Finding, others: list[Finding], metrics: pl.DataFrame, params: pl.DataFrame, cfg: AgentConfig) -> tuple[RootCause, set[str]] | None:
+    """A loss stuck from the start (at chance) while the learning rate is about zero: the LR is the cause.
+
+    Zero means |lr| <= agent.lr_zero_max at every logged step, or a configured lr param at or
+    below it when no LR is logged. Confidence: 0.95 when the logged LR shows it at every step
+    (the plateau then follows necessarily: no step moves the weights); 0.75 when only the
+    configured value says so (a scheduler or a per-group LR may override it), with a request
+    to log the LR.
+    """
+    rid = plateau.run_id
+    run = metrics.filter(pl.col("run_id") == rid) if metrics.height else metrics
+    lr_keys = sorted(k for k in (run["key"].unique().to_list() if run.height else []) if metric_role(k) == "lr")
+    evidence = list(plateau.evidence)
+    logged = None
+    for key in lr_keys:
+        series = run.filter((pl.col("key") == key) & pl.col("value").is_finite()).sort("step")
+        if series.height == 0:
+            continue
+        biggest = series.sort(pl.col("value").abs(), descending=True).row(0, named=True)
+        if abs(biggest["value"]) > cfg.lr_zero_max:
+            return None  # the LR moved: the plateau has another cause
+        logged = EvidenceRef(
+            "metrics", {"run_id": rid, "step": int(biggest["step"]), "key": key}, biggest["value"],
+            f"{key} is at most {abs(biggest['value']):.3g} over all {series.height} logged steps (largest at step {biggest['step']})",
+        )
+        break
+    configured = _param_rows(params, rid, ["lr", "learning_rate", "base_lr", "max_lr", "peak_lr"])
+    if logged is None and not (configured and abs(configured[0]["value_num"]) <= cfg.lr_zero_max):
+        return None
+    if logged is not None:
+        evidence.insert(0, logged)
+    if configured:
+        evidence.append(_param_ref(configured[0], f"configured {configured[0]['key']} = {configured[0]['value']}"))
+    joined = [f for f in others if f.kind == "lr_schedule_anomaly" or (f.kind == "mode_collapse" and f.severity == "low")]
+    for f in joined:
+        evidence.extend(e for e in f.evidence[:2] if e not in evidence)
+    cause = RootCause(
+        issue=(
+            f"The learning rate is zero: {logged.text if logged is not None else evidence[-1].text}, so no step moves the "
+            f"weights and the loss stays where it started ({plateau.summary})"
+        ),
+        kind="lr_schedule_anomaly",
+        severity="critical",
+        confidence=0.95 if logged is not None else 0.75,
+        evidence=evidence,
+        fix=(
+            "Set a nonzero learning rate (the intended peak, e.g. 1e-3 to 3e-4 for Adam) and check what zeroes it: an "
+            "lr=0 override, a warm-up or LambdaLR factor that stays 0, a scheduler stepped past its end, or a param "
+            "group built with lr=0."
+        ),
+        expected_impact="The loss leaves its starting (chance) level within the first few hundred steps and keeps falling.",
+        verify_by=(
+            "Rerun a few hundred steps with the corrected learning rate: the logged LR is above "
+            f"{cfg.lr_zero_max:g} and the smoothed loss ends more than 1% below its start (the plateau detector's line)."
+        ),
+        onset_step=plateau.onset_step,
+    )
+    return cause, {plateau.finding_id} | {f.finding_id for f in joined}
+
+
+def _small_data_cause(overfit: Finding, params: pl.DataFrame, cfg: AgentConfig) -> RootCause | None:
+    """Overfitting while the params say the training set is small: too little data.
+
+    Small: a dataset-size param (agent.dataset_size_keys) under agent.small_dataset_examples.
+    Confidence 0.75: a param and a train/val gap make "too little data" likely, but more
+    epochs than needed or too little regularisation give the same curves; only a learning
+    curve (more data, same recipe) tells them apart, which the request asks for.
+    """
+    rows = _param_rows(params, overfit.run_id, cfg.dataset_size_keys)
+    small = [r for r in rows if 0 < r["value_num"] < cfg.small_dataset_examples]
+    if not small:
+        return None
+    row = small[0]
+    n = int(row["value_num"])
+    capped = _leaf(row["key"]).startswith("max_")
+    cause = _from_finding(overfit)
+    cause.evidence.append(_param_ref(row, f"{row['key']} = {row['value']}: {n:,} training examples (small: < {cfg.small_dataset_examples:,})"))
+    cause.issue = (
+        f"Too little training data: the run trains on {n:,} examples{' (capped by ' + row['key'] + ')' if capped else ''}, "
+        f"under {cfg.small_dataset_examples:,}, and overfits: {overfit.summary}"
+    )
+    cause.confidence = min(overfit.confidence, 0.75)
+    cause.fix = (
+        ("Lift the cap (" + row["key"] + ") or " if capped else "")
+        + "train on more examples (more data, or augmentation); until then fit the recipe to the small set: stop at "
+        f"the validation minimum (step {overfit.onset_step}), add weight decay/dropout, or use a smaller model."
+    )
+    cause.expected_impact = "The validation loss keeps falling with the train loss longer, and the train/validation gap narrows."
+    cause.verify_by = (
+        f"Rerun with 2x and 4x the {n:,} examples (same recipe) and compare the validation loss at its minimum and at the "
+        "end: a learning curve that keeps improving confirms data quantity as the cause."
+    )
+    return cause
+
+
+def _batch_peers(params: pl.DataFrame, run_id: str, keys: list[str]) -> tuple[dict | None, list[dict]]:
+    """(the run's batch-size row, the rows of runs in the same folder), by agent.batch_size_keys."""
+    parent = run_id.rsplit("/", 1)[0] if "/" in run_id else ""
+    if params.height == 0:
+        return None, []
+    wanted = [k.lower() for k in keys]
+    rows = [r for r in params.iter_rows(named=True) if _leaf(r["key"]) in wanted and r["value_num"] is not None]
+    mine = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: wanted.index(_leaf(r["key"])))
+    if not mine:
+        return None, []
+    peers = [r for r in rows if r["run_id"] != run_id and r["key"] == mine[0]["key"]
+             and (r["run_id"].rsplit("/", 1)[0] if "/" in r["run_id"] else "") == parent]
+    return mine[0], peers
+
+
+def _overridden(params: pl.DataFrame, run_id: str, key: str) -> dict | None:
+    """The run's `hydra.overrides` param when it sets `key` on the command line."""
+    if params.height == 0:
+        return None
+    leaf = _leaf(key)
+    for r in params.filter((pl.col("run_id") == run_id) & pl.col("key").str.ends_with("overrides")).iter_rows(named=True):
+        if any(_leaf(item.split("=", 1)[0].lstrip("+~")) == leaf for item in _override_items(r["value"])):
+            return r
+    return None
+
+
+def _override_items(value: str | None) -> list[str]:
+    try:
+        items = json.loads(value or "[]")
+    except ValueError:
+        return []
+    return [str(i) for i in items] if isinstance(items, list) else []
+
+
+def _oom_batch_cause(cause: RootCause, run_id: str, oom_runs: set[str], params: pl.DataFrame, cfg: AgentConfig) -> RootCause:
+    """An OOM after the batch size was raised: the batch size is the cause.
+
+    Raised: the run's batch size is above every batch size of the runs in its folder that
+    did not run out of memory (its seed twins or sibling trials), or the batch size was set
+    on the command line (Hydra overrides). Confidence: 0.9 when peers with a smaller batch
+    ran without OOM (the same code and data fit at that size), 0.8 when only the override
+    shows the change (the old value is not known).
+    """
+    mine, peers = _batch_peers(params, run_id, cfg.batch_size_keys)
+    if mine is None:
+        return cause
+    ok_peers = [r for r in peers if r["run_id"] not in oom_runs]
+    smaller = [r for r in ok_peers if r["value_num"] < mine["value_num"]]
+    override = _overridden(params, run_id, mine["key"])
+    if not ((ok_peers and not [r for r in ok_peers if r["value_num"] >= mine["value_num"]]) or override):
+        return cause
+    b = mine["value_num"]
+    cause.evidence.insert(0, _param_ref(mine, f"{mine['key']} = {mine['value']} in this run"))
+    if smaller:
+        best = max(smaller, key=lambda r: r["value_num"])
+        cause.evidence.insert(1, _param_ref(best, f"{best['key']} = {best['value']} in `{best['run_id']}`, which ran without OOM"))
+        fits = f"{best['value_num']:g}"
+        how = f"above the {fits} its {len(ok_peers)} peer run(s) in the same folder used without running out of memory"
+        cause.confidence = max(cause.confidence, 0.9)
+    else:
+        fits = "the previous value"
+        how = "set on the command line for this run"
+        cause.confidence = 0.8
+    if override is not None:
+        cause.evidence.append(EvidenceRef("params", {"run_id": run_id, "key": override["key"]}, None, f"{override['key']}: {override['value']}"))
+    accumulate = f"{b / best['value_num']:g}" if smaller and best["value_num"] > 0 else "the matching number of"
+    cause.kind = "memory_pressure"
+    cause.severity = "critical"
+    cause.issue = f"Out of memory after the batch size was raised: {mine['key']} = {b:g}, {how}; {cause.issue}"
+    cause.fix = (
+        f"Go back to {mine['key']} = {fits} and keep the effective batch with gradient accumulation "
+        f"({accumulate} micro-batches per step); if the larger batch is needed, enable activation checkpointing or "
+        "mixed precision first."
+    )
+    cause.expected_impact = "The run trains past the step where it ran out of memory, with the same effective batch size."
+    cause.verify_by = (
+        f"Rerun with {mine['key']} = {fits} and accumulation: no OOM event, and the peak allocated memory "
+        "(torch.cuda.max_memory_allocated, or the memory probe) stays below the device total."
+    )
+    return cause
+
+
+def _embedding_capacity(cause: RootCause, arch: Finding) -> RootCause:
+    """Mode collapse in a model whose embeddings dominate its parameters: capacity, not regularisation.
+
+    With most parameters in a lookup table (the demo's broken model has ~79%), the layers
+    that compute from the input are too small to separate the inputs, and the model falls
+    back to the most frequent output. That is underfitting: dropout or weight decay remove
+    capacity and cannot help. Confidence: at least 0.85, two independent measurements (the
+    outputs and the parameter count) agree.
+    """
+    share = next((e.value for e in arch.evidence if e.table == "layers" and "module_type" in e.where), None)
+    pct = f"{100 * share:.0f}%" if share is not None else "most"
+    cause.evidence.extend(e for e in arch.evidence if e not in cause.evidence)
+    cause.confidence = max(cause.confidence, 0.85)
+    cause.severity = min([cause.severity, "high"], key=SEVERITY_RANK.__getitem__)
+    cause.issue = (
+        f"Too little capacity outside the embeddings: {pct} of the parameters are embeddings ({arch.summary}), so the "
+        f"layers that compute from the input are too small and the model collapses to one output. {cause.issue}"
+    )
+    cause.fix = (
+        "Give the model more non-embedding capacity (more or wider layers after the embedding) or shrink the "
+        "embedding (smaller vocabulary or embedding width, a factorised or tied embedding). Do not add dropout or "
+        "weight decay: the model underfits, and regularisation removes capacity it lacks."
+    )
+    cause.expected_impact = "Outputs become diverse again (top-1 share well under 90%) and the validation loss falls below the collapsed level."
+    cause.verify_by = (
+        "Recount parameters by module type (embedding share under the architecture_imbalance limit) and rerun: the "
+        "outputs probe's top1_frac / distinct_frac at each evaluation stay diverse."
+    )
+    return cause
+
+
 def diagnose_run(
-    run_id: str, findings: list[Finding], n_steps: int, metrics: pl.DataFrame, params: pl.DataFrame, cfg: AgentConfig
+    run_id: str, findings: list[Finding], n_steps: int, metrics: pl.DataFrame, params: pl.DataFrame, cfg: AgentConfig,
+    oom_runs: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Root causes for one run, ranked by severity then confidence."""
+    """Root causes for one run, ranked by severity then confidence.
+
+    `metrics` and `params` may hold other runs' rows too (the OOM rule compares the batch size
+    with the run's folder peers); `oom_runs` names the runs of the sweep that ran out of memory.
+    """
     causes: list[RootCause] = []
     used: set[str] = set()
     for ls in [f for f in findings if f.kind == "loss_scale_collapse"]:
@@ -311,8 +541,18 @@ def diagnose_run(
     # A `low` mode collapse (outputs never diverse) is a symptom of no learning, joined below.
     for mc in [f for f in findings if f.kind == "mode_collapse" and f.severity != "low" and f.finding_id not in used]:
         cause, joined = _mode_collapse_cause(mc, [f for f in findings if f.finding_id not in used and f.finding_id != mc.finding_id])
+        arch = [f for f in findings if f.kind == "architecture_imbalance" and f.finding_id not in used
+                and any(str(e.where.get("module_type", "")).lower() == "embedding" for e in f.evidence)]
+        if arch:
+            cause = _embedding_capacity(cause, arch[0])
+            joined |= {arch[0].finding_id}
         causes.append(cause)
         used |= joined
+    for plateau in [f for f in findings if f.kind == "plateau" and f.finding_id not in used]:
+        joined_cause = _lr_zero_cause(plateau, [f for f in findings if f.finding_id not in used and f.finding_id != plateau.finding_id], metrics, params, cfg)
+        if joined_cause is not None:
+            causes.append(joined_cause[0])
+            used |= joined_cause[1]
     for g in [f for f in findings if f.kind in ("exploding_gradients", "vanishing_gradients") and f.finding_id not in used]:
         cause, joined = _gradient_cause(g, [f for f in findings if f.finding_id not in used and f.finding_id != g.finding_id])
         causes.append(cause)
@@ -326,8 +566,13 @@ def diagnose_run(
         for f in oom_errors:
             cause.evidence.extend(e for e in f.evidence if e not in cause.evidence)
             cause.fix = cause.fix or f.fix
-        causes.append(cause)
+        causes.append(_oom_batch_cause(cause, run_id, oom_runs or {run_id}, params, cfg))
         used |= {mp.finding_id} | {f.finding_id for f in oom_errors}
+    for of in [f for f in findings if f.kind == "overfitting" and f.finding_id not in used]:
+        cause = _small_data_cause(of, params, cfg)
+        if cause is not None:
+            causes.append(cause)
+            used.add(of.finding_id)
     for div in [f for f in findings if f.kind == "divergence" and f.finding_id not in used]:
         cause, joined = _divergence_cause(div, [f for f in findings if f.finding_id != div.finding_id and f.finding_id not in used], n_steps, metrics, params)
         causes.append(cause)
@@ -367,21 +612,30 @@ def diagnose(out_dir: Path, cfg: AgentConfig) -> dict[str, Any]:
     for f in findings:
         if f.scope == "run" and f.run_id:
             by_run[f.run_id].append(f)
-    diverged = sorted({f.run_id for f in findings if f.kind == "divergence"})
+    # Only the rows a rule needs; a big sweep's metrics never load whole.
+    curve_runs = sorted({f.run_id for f in findings if f.kind in ("divergence", "plateau") and f.run_id})
+    oom_runs = {f.run_id for f in findings if f.run_id and (f.kind == "memory_pressure" or _known_error_signature(f) in ("cuda_oom", "host_oom"))}
+    needs_params = sorted(set(curve_runs) | oom_runs | {f.run_id for f in findings if f.kind == "overfitting" and f.run_id})
     metrics = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64})
-    if diverged:  # only the runs a rule needs; a big sweep's metrics never load whole
+    if curve_runs:
         metrics = (
             scan_table(out_dir, "metrics")
-            .filter(pl.col("run_id").is_in(diverged))
+            .filter(pl.col("run_id").is_in(curve_runs))
             .select("run_id", "step", "key", "value")
             .collect()
         )
-    params = scan_table(out_dir, "params").filter(pl.col("run_id").is_in(diverged)).collect()
+    batch_leaves = [k.lower() for k in cfg.batch_size_keys]
+    leaf = pl.col("key").str.to_lowercase().str.split(".").list.last()
+    params = (
+        scan_table(out_dir, "params")
+        .filter(pl.col("run_id").is_in(needs_params) | (leaf.is_in(batch_leaves) if oom_runs else pl.lit(False)))
+        .collect()
+    )
     runs_out: dict[str, Any] = {}
     low_confidence = False
     for row in runs_df.sort("run_id").iter_rows(named=True):
         rid = row["run_id"]
-        entry = diagnose_run(rid, by_run.get(rid, []), int(row["last_step"] or row["n_steps"] or 0), metrics, params, cfg)
+        entry = diagnose_run(rid, by_run.get(rid, []), int(row["last_step"] or row["n_steps"] or 0), metrics, params, cfg, oom_runs)
         entry["status"] = row["status"]
         if row["reason"]:
             entry["reason"] = row["reason"]
