@@ -348,12 +348,14 @@ def _features(where: str, features: Any, n: int) -> dict[str, np.ndarray]:
             values = values.detach().cpu()
             if values.dim() != 1 or values.shape[0] != n:
                 raise DataProbeError(f"{where}: feature {name!r} must have shape [{n}], got {list(values.shape)}")
-            arr = values.numpy()
-            out[str(name)] = arr.astype(object).astype(str) if arr.dtype == np.bool_ else arr.astype(np.float64)
+            if values.dtype == torch.bool:
+                out[str(name)] = np.asarray([str(v) for v in values.tolist()], dtype=object)
+            else:
+                out[str(name)] = values.to(torch.float64).numpy()
             continue
         if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != n:
             raise DataProbeError(f"{where}: feature {name!r} must be a tensor or list of {n} values")
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values):
             out[str(name)] = np.asarray(values, dtype=np.float64)
         else:
             out[str(name)] = np.asarray(["<null>" if v is None else str(v) for v in values], dtype=object)

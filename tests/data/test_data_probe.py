@@ -346,3 +346,17 @@ def test_the_compose_path_takes_data_probe_and_detector_overrides(tmp_path):
     assert cfg.probes.data.near_min_jaccard == 0.7 and cfg.detectors.class_imbalance.medium_ratio == 5
     with pytest.raises(ConfigError, match="probes.data.minhash_perms"):
         compose_config([tmp_path], tmp_path / "out", overrides={"probes.data.minhash_perms": 30})
+
+
+def test_feature_values_of_every_form_are_typed_numeric_or_categorical():
+    n = 300
+    features = {
+        "flag": torch.arange(n) % 2 == 0,  # bool tensor: categories
+        "half": torch.randn(n, dtype=torch.bfloat16),  # numeric
+        "count": [np.int64(i % 5) for i in range(n)],  # numpy ints: numeric
+        "city": ["a" if i % 3 else None for i in range(n)],  # strings with a null: categories
+    }
+    tables, problems = run({"train": batches(torch.randn(n, 4), features=features, size=100), "val": batches(torch.randn(n, 4), features=features, size=100)})
+    kinds = dict(tables["data_features"].select("feature", "feature_kind").iter_rows())
+    assert kinds == {"flag": "categorical", "half": "numeric", "count": "numeric", "city": "categorical"}
+    assert tables["data_features"]["psi"].max() < 1e-6 and not problems  # the same values on both sides
