@@ -23,9 +23,9 @@ def checkpoint_row(path: Path) -> tuple[Path, dict[str, Any]]:
     `*.index.json` of shards or a DCP folder; fail() when it is none of these or unreadable."""
     from mldebug_ray.readers.checkpoints import DCP_METADATA, read
 
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         fail(f"{path}: no such file or directory")
+    path = Path(path).resolve()  # the folder names above it give the run id
     if path.is_dir():
         if not (path / DCP_METADATA).is_file():
             fail(f"{path}: a folder, but not a torch.distributed.checkpoint folder (no {DCP_METADATA}); give a checkpoint file")

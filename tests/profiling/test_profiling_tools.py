@@ -24,9 +24,9 @@ TOOLS = ("check_gradients", "profile_memory", "count_parameters", "analyze_loss_
 DEMO_FNS = ["--model-fn", "mldebug_ray.demo.models:model_fn", "--batch-fn", "mldebug_ray.demo.models:batch_fn"]
 
 
-def tool(name: str, *args: object) -> subprocess.CompletedProcess:
+def tool(name: str, *args: object, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "profiling" / f"{name}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=180, cwd=REPO)
+                          capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
 def _run(root: Path, name: str, params: dict, losses: list[float], checkpoint: str) -> Path:
@@ -74,6 +74,9 @@ def test_count_parameters_matches_the_model_by_module_type_and_dtype(runs, tmp_p
     assert layers["n_params"].sum() == total and set(layers["run_id"]) == {"healthy"} and set(layers["step"]) == {200}
     assert layers["norm_l2"].null_count() == 0  # --out brings the weight scan's statistics
     assert read_table(tmp_path, "checkpoints").select("format", "n_params").row(0) == ("safetensors", total)
+    relative = tool("count_parameters", ckpt.name, "--top", 0, "--out", tmp_path / "rel", cwd=ckpt.parent)
+    assert relative.returncode == 0, relative.stderr
+    assert read_table(tmp_path / "rel", "checkpoints").select("run_id", "path", "step").row(0) == ("healthy", ckpt.name, 200)
 
 
 @pytest.mark.slow
