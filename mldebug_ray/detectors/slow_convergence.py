@@ -319,14 +319,16 @@ def _peer_groups(tables: SweepTables, runs: list[str], cfg: SlowConvergenceConfi
         .select("run_id", "key", "value")
         .collect()
     )
-    signature: dict[str, tuple] = {}
+    # A run's configuration as one string: its kept (key, value) pairs sorted by key. The
+    # separators are control characters no key or value holds; a null value has its own mark.
+    signature: dict[str, str] = {}
     if params.height:
         ignored = [k for k in params["key"].unique().to_list() if ignored_param(k)]
-        kept = params.filter(~pl.col("key").is_in(ignored))
-        for (rid,), frame in kept.sort("key").group_by(["run_id"], maintain_order=True):
-            signature[rid] = tuple(zip(frame["key"].to_list(), frame["value"].to_list()))
+        pair = pl.concat_str([pl.col("key"), pl.col("value").fill_null("\x00null")], separator="\x1f")
+        kept = params.filter(~pl.col("key").is_in(ignored)).group_by("run_id").agg(pair.sort().str.join("\x1e").alias("sig"))
+        signature = dict(kept.iter_rows())
         for rid in params["run_id"].unique().to_list():
-            signature.setdefault(rid, ())
+            signature.setdefault(rid, "")
     by_parent: dict[str, list[str]] = {}
     for rid in runs:
         by_parent.setdefault(parent_of(rid), []).append(rid)
@@ -334,23 +336,33 @@ def _peer_groups(tables: SweepTables, runs: list[str], cfg: SlowConvergenceConfi
     for members in by_parent.values():
         if len(members) < cfg.min_peers + 1:
             continue
+        # Each grouping once per folder (members in order), not once per pair of runs.
+        same_config: dict[str, list[str]] = {}
+        same_template: dict[str, list[str]] = {}
+        same_seed_name: dict[str, list[str]] = {}
+        without_params: list[str] = []
+        for r in members:
+            same_template.setdefault(name_template(r), []).append(r)
+            if r in signature:
+                same_config.setdefault(signature[r], []).append(r)
+            else:
+                without_params.append(r)
+                same_seed_name.setdefault(seed_template(r), []).append(r)
         for rid in members:
-            others = [r for r in members if r != rid]
             if rid in signature:
-                seed_peers = [r for r in others if signature.get(r) == signature[rid]]
+                seed_peers = [r for r in same_config[signature[rid]] if r != rid]
                 if len(seed_peers) >= cfg.min_peers:
                     out[rid] = ("seed", seed_peers)
                     continue
-                template = name_template(rid)
-                siblings = [r for r in others if name_template(r) == template]
+                siblings = [r for r in same_template[name_template(rid)] if r != rid]
             else:
                 # No params: folder names that differ only by a seed number are seed peers.
                 named = seed_template(rid)
-                seed_peers = [r for r in others if r not in signature and seed_template(r) == named]
+                seed_peers = [r for r in same_seed_name[named] if r != rid]
                 if named != rid.rsplit("/", 1)[-1] and len(seed_peers) >= cfg.min_peers:
                     out[rid] = ("seed", seed_peers)
                     continue
-                siblings = [r for r in others if r not in signature]
+                siblings = [r for r in without_params if r != rid]
             if len(siblings) >= cfg.min_peers:
                 out[rid] = ("siblings", siblings)
     return out
