@@ -580,7 +580,13 @@ class NumericSample:
         values = values[finite]
         self.n += int(values.size)
         self.total += float(values.sum())
-        keys = np.concatenate([self.keys, self.rng.random(values.size)])
+        new_keys = self.rng.random(values.size)
+        if self.values.size >= self.size:  # full: only keys under the current k-th smallest can enter
+            entering = new_keys < self.keys.max()
+            new_keys, values = new_keys[entering], values[entering]
+            if values.size == 0:
+                return
+        keys = np.concatenate([self.keys, new_keys])
         values = np.concatenate([self.values, values])
         if values.size > self.size:
             keep = np.argpartition(keys, self.size - 1)[: self.size]

@@ -360,3 +360,14 @@ def test_feature_values_of_every_form_are_typed_numeric_or_categorical():
     kinds = dict(tables["data_features"].select("feature", "feature_kind").iter_rows())
     assert kinds == {"flag": "categorical", "half": "numeric", "count": "numeric", "city": "categorical"}
     assert tables["data_features"]["psi"].max() < 1e-6 and not problems  # the same values on both sides
+
+
+def test_the_streamed_feature_sample_is_uniform_over_the_whole_split():
+    from mldebug_ray.probes.data import NumericSample
+
+    sample = NumericSample(2000, np.random.default_rng(0))
+    for start in range(0, 100_000, 777):  # batches of odd size, the sample full after the third
+        sample.add(np.arange(start, min(start + 777, 100_000), dtype=float))
+    assert sample.values.size == 2000 and np.unique(sample.values).size == 2000 and sample.n == 100_000
+    counts = np.histogram(sample.values, bins=5, range=(0, 100_000))[0]
+    assert counts.min() > 340 and counts.max() < 460  # 400 each, +-3.4 sd of a binomial(2000, 0.2)
