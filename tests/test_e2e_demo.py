@@ -76,7 +76,7 @@ def test_healthy_baselines_have_no_critical_or_high_finding(demo_out):
     assert f.height == 0, f.select("run_id", "kind", "summary").rows()
 
 
-def test_leaked_validation_run_gets_data_leakage_and_skewed_run_class_imbalance_and_no_baseline_either(demo_out):
+def test_leaked_skewed_and_fragile_runs_get_their_data_side_findings_and_no_other_run_does(demo_out):
     out, _ = demo_out
     findings = read_table(out, "findings")
 
@@ -92,6 +92,9 @@ def test_leaked_validation_run_gets_data_leakage_and_skewed_run_class_imbalance_
     data_kinds = {"data_leakage", "class_imbalance", "eval_on_train"}
     clean = findings.filter(~pl.col("run_id").is_in(["data_leakage", "class_imbalance"]) & pl.col("kind").is_in(list(data_kinds)))
     assert clean.height == 0, clean.select("run_id", "kind", "summary").rows()
+    # The 2048-dimensional classifier, and only it, loses more than half its accuracy at 1/255.
+    fragile = findings.filter(pl.col("kind") == "adversarial_fragility")
+    assert set(fragile["run_id"]) == {"adversarial_fragility"}, fragile.select("run_id", "summary").rows()
     # Every run's model was attacked; every classification run's newest checkpoint scored per class.
     robustness = read_table(out, "robustness")
     assert set(robustness["attack"]) == {"fgsm", "pgd"}

@@ -191,6 +191,20 @@ def class_imbalance() -> dict:
     )
 
 
+def adversarial_fragility() -> dict:
+    # Goodfellow et al. (2015)'s linear argument: a classifier of a linear teacher in 2048
+    # dimensions (a flattened 32x32x2 image) moves its scores by eps * ||w||_1 under FGSM, which
+    # grows like the dimension while the margins grow like its square root: a perturbation of
+    # 1/255-size takes more than half of its correct answers.
+    data = {**TEACHER_DATA, "in_dim": 2048}
+    model = {**_deep_mlp(depth=2, activation="relu", init_gain=1.4, use_norm=True), "in_dim": data["in_dim"]}
+    return _config(
+        "adversarial_fragility", data, model,
+        {"name": "adamw", "lr": 1e-3},
+        {**TRAIN_10x20, "batch_size": 128}, "tensorboard", {"format": "safetensors", "steps": [100, 200]},
+    )
+
+
 def lr_grid() -> dict:
     return _config(
         "lr_grid", LM_DATA, _tiny_lm(),
@@ -223,6 +237,7 @@ def demo_runs() -> list[RunSpec]:
         RunSpec("broken_artifacts", broken_artifacts(), (), ("run_incomplete", "known_error")),
         RunSpec("data_leakage", data_leakage(), ("data.leak_frac=0.3",), ("data_leakage",)),
         RunSpec("class_imbalance", class_imbalance(), ("data.class_keep=[1.0,1.0,0.03,0.03]",), ("class_imbalance",)),
+        RunSpec("adversarial_fragility", adversarial_fragility(), ("data.in_dim=2048",), ("adversarial_fragility",)),
     ]
     runs += [
         RunSpec(f"lr_grid/lr{lr}_seed{seed}", lr_grid(), (f"optimizer.lr={lr}", f"seed={seed}"),

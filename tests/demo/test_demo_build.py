@@ -34,6 +34,7 @@ EXPECTED_RUNS = {
     "broken_artifacts",
     "data_leakage",
     "class_imbalance",
+    "adversarial_fragility",
     *(f"lr_grid/lr{lr}_seed{seed}" for lr in ("0.0001", "0.003", "0.03") for seed in (0, 1, 2)),
 }
 # SPEC §6 asks for a build of about a minute and a half on 2 cores; slack for a busy CI box.
