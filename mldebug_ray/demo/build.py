@@ -14,7 +14,7 @@ from pathlib import Path
 from mldebug_ray.demo.scenarios import RunSpec, demo_runs
 
 # Bump whenever a change to the demo would change what is on disk: old caches rebuild.
-DEMO_VERSION = "demo-2"
+DEMO_VERSION = "demo-3"
 MARKER_FILE = ".demo_complete"
 MANIFEST_FILE = "manifest.json"
 STAGING_INFIX = ".building-"  # staging folder: .<root name>.building-<pid>, next to root
