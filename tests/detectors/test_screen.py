@@ -19,7 +19,7 @@ FAULTS = (
 )
 
 
-def _run(rng: np.random.Generator, fault: str | None, n: int = 1500, val_every: int = 25) -> dict[str, tuple]:
+def _run(rng: np.random.Generator, fault: str | None, n: int = 1000, val_every: int = 20) -> dict[str, tuple]:
     steps = np.arange(n)
     noise = 0.15 if fault == "noisy" else 0.03
     clean = 0.5 + 2.5 * np.exp(-steps / (0.2 * n))
