@@ -6,7 +6,7 @@ In eval mode, on the probe device, with the checkpoint's weights and the batch f
 - targets: the integer labels of a `(inputs, targets)` batch, or `labels` of a dict
   batch (Hugging Face style; positions labelled -100 are ignored). A batch without
   integer targets, or a model whose output is not class scores, gives no rows and one
-  line saying why.
+  logged line saying why.
 - what is perturbed: a floating-point input tensor itself (`inputs`, or in a dict batch
   the first of `pixel_values`, `inputs_embeds`, `input_values`, `x`, `inputs`, else the
   first floating tensor); for integer inputs (token ids) the output of the model's first
@@ -18,16 +18,17 @@ In eval mode, on the probe device, with the checkpoint's weights and the batch f
   standard deviation of the perturbed tensor over the batch (inputs or embedding
   outputs), so one setting means the same thing whatever the input's scale. The default
   0.016 is 1/255 on [0, 1] images, whose pixel std is about 0.25 (CIFAR-10 channel stds
-  0.247 / 0.243 / 0.261): the smallest budget of the image literature, a change no person
-  sees, far below the 8/255 of Madry et al. (2018). Inputs are not clipped to a valid
+  0.247 / 0.243 / 0.261): the low end of the budgets used on images (1/255 to 16/255),
+  a change no person sees, far below the 8/255 of Madry et al. (2018). Inputs are not clipped to a valid
   range (it is not known here); for images that makes the attack at most slightly
   stronger than a clipped one.
 - attacks: FGSM (Goodfellow et al., "Explaining and Harnessing Adversarial Examples",
   ICLR 2015): one step of epsilon_abs * sign(gradient of the cross-entropy); PGD (Madry
   et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018): a
   uniform random start in the ball (fixed seed), `probes.adversarial.pgd_steps` signed
-  gradient steps of size 2.5 * epsilon_abs / steps (their choice: the walk can cross the
-  ball and come back), each projected back onto the ball; accuracy at the last iterate.
+  gradient steps of size 2.5 * epsilon_abs / steps (the rule of the MadryLab `robustness`
+  library: the walk can cross the ball and come back), each projected back onto the ball;
+  accuracy at the last iterate.
   PGD ascends the margin loss (best wrong score minus true score, Carlini & Wagner 2017)
   rather than cross-entropy: a confident model's float cross-entropy gradient is exactly 0
   (saturated softmax), which would make it look robust; FGSM keeps the cross-entropy of
@@ -53,7 +54,7 @@ from mldebug_ray.probes.model_loop import forward, logits_of
 log = logging.getLogger(__name__)
 
 ATTACKS = ("fgsm", "pgd")
-# Madry et al. (2018) step size: 2.5 * epsilon / steps.
+# PGD step size 2.5 * epsilon / steps (MadryLab's `robustness` library).
 PGD_STEP_FACTOR = 2.5
 # The first floating tensor of a dict batch under one of these names is the input perturbed.
 FLOAT_INPUT_KEYS = ("pixel_values", "inputs_embeds", "input_values", "x", "inputs")
@@ -71,7 +72,7 @@ class AdversarialConfig:
 
     epsilon: float = 0.016
     """L-infinity budget relative to the perturbed tensor's std: 0.016 is 1/255 on [0, 1]
-    images (pixel std about 0.25), the smallest budget of the image literature (module docstring)."""
+    images (pixel std about 0.25), the low end of the budgets used on images (module docstring)."""
     pgd_steps: int = 10
     """PGD iterations (Madry et al. 2018 use 7 to 40); each costs one forward and backward of the probe batch."""
     seed: int = 0

@@ -4,10 +4,11 @@ When `probes.model_fn` and `probes.data_fn` are both set, the newest probed chec
 (the model the run ends with) is run in eval mode over the validation split of
 `data_fn(params)` (the first of `val`, `validation`, `valid`, `dev`, `test` it has),
 streamed batch by batch through probes/data.py's `iter_split`, at most
-`probes.data_max_examples` examples (0: all). Each
-batch's `x` goes to the model as its one argument; the prediction is the argmax of the
-scores over the last dimension. Rows: one per (true label, predicted label) pair seen,
-with its count; `per_class_accuracy` turns them into one row per class.
+`probes.data_max_examples` examples (0: all). Each batch's `x` goes to the model as its
+one argument; the prediction is the argmax of the scores over the last dimension, none
+(a null `pred_label`) where a score is NaN/Inf (argmax over NaN would name a class the
+model did not choose). Rows: one per (true label, predicted label) pair seen, with its
+count; `per_class_accuracy` turns them into one row per class.
 
 Why: a skewed label distribution (`class_imbalance`) matters when the model neglects the
 rare classes; the overall accuracy hides that (a 50:1 split gives 98% accuracy to a model
@@ -35,6 +36,7 @@ from mldebug_ray.errors import MldebugError
 log = logging.getLogger(__name__)
 
 VALIDATION_SPLITS = ("val", "validation", "valid", "dev", "test")
+NO_PREDICTION = -1  # in the counts; a null pred_label in the table
 
 
 class ConfusionSkipped(Exception):
@@ -66,14 +68,18 @@ def confusion_counts(model: Any, batches: Iterable[Mapping[str, Any]], device: A
             logits = logits_of(model(to_device(x, device)))
             if logits is None or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
                 raise ConfusionSkipped("the model's output is not one score vector per example")
-            predicted = logits.float().argmax(dim=1).cpu()
+            scores = logits.float()
+            predicted = torch.where(torch.isfinite(scores).all(dim=1), scores.argmax(dim=1), NO_PREDICTION).cpu()
             counts.update(zip(y.tolist(), predicted.tolist()))
     return counts
 
 
 def confusion_rows(counts: Counter, split: str) -> list[dict[str, Any]]:
     """`confusion` rows (without run_id/step), sorted by true then predicted label."""
-    return [{"split": split, "true_label": t, "pred_label": p, "count": n} for (t, p), n in sorted(counts.items())]
+    return [
+        {"split": split, "true_label": t, "pred_label": None if p == NO_PREDICTION else p, "count": n}
+        for (t, p), n in sorted(counts.items())
+    ]
 
 
 def per_class_accuracy(confusion: pl.DataFrame) -> pl.DataFrame:
@@ -96,7 +102,8 @@ def per_class_accuracy(confusion: pl.DataFrame) -> pl.DataFrame:
 
 
 def confusion_table(ev: Any, run_dir: Path, row: Mapping[str, Any], device: Any, probes: Any, problems: list[str]) -> pl.DataFrame:
-    """The `confusion` rows of checkpoint `row` on the run's validation split; empty (and a problem line) when it cannot run."""
+    """The `confusion` rows of checkpoint `row` on the run's validation split; empty when there is nothing
+    to score (logged) or it fails (a line in `problems`)."""
     from mldebug_ray.probes.data import iter_split, load_splits
     from mldebug_ray.probes.model_loop import EntryPoints, build_model, import_entry_point, run_params
     from mldebug_ray.probes.weights import load_state_dict

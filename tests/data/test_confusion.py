@@ -59,6 +59,23 @@ def test_per_class_accuracy_is_correct_over_examples_per_class():
         assert r["acc_frac"] == pytest.approx(r["n_correct"] / len(members))
 
 
+def test_examples_with_non_finite_scores_have_no_prediction_and_count_as_wrong():
+    model = nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0, 0] = 1.0  # a NaN in x[:, 0] makes every score of its row NaN (0 * NaN too)
+        model.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    x = torch.tensor([[0.0, 0.0], [float("nan"), 0.0], [0.5, 1.0]])
+    y = torch.tensor([1, 1, 2])
+    counts = confusion_counts(model, [{"x": x, "y": y}], torch.device("cpu"))
+    assert counts == Counter({(1, 1): 1, (1, -1): 1, (2, 1): 1})
+    rows = confusion_rows(counts, "val")
+    assert {(r["true_label"], r["pred_label"]) for r in rows} == {(1, 1), (1, None), (2, 1)}
+    frame = schema.validate("confusion", pl.DataFrame(rows).with_columns(pl.lit("r").alias("run_id"), pl.lit(1, dtype=pl.Int64).alias("step")))
+    acc = {r["true_label"]: r["acc_frac"] for r in per_class_accuracy(frame).iter_rows(named=True)}
+    assert acc == {1: 0.5, 2: 0.0}
+
+
 def test_a_split_without_labels_or_with_text_is_refused_with_the_reason():
     model = nn.Linear(3, 2)
     with pytest.raises(ConfusionSkipped, match="no labels"):
