@@ -232,3 +232,15 @@ def test_the_probe_runner_fills_the_robustness_table_for_every_probed_checkpoint
     assert sorted(table.select("step", "attack").rows()) == [(10, "fgsm"), (10, "pgd"), (20, "fgsm"), (20, "pgd")]
     assert set(table["run_id"]) == {"run"} and set(table["epsilon"]) == {0.1} and set(table["n_examples"]) == {128}
     assert (table["adv_acc_frac"] <= table["clean_acc_frac"]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_the_attack_on_the_gpu_matches_the_cpu():
+    model, x, y = linear_teacher(3072, 256, seed=1)
+    cpu = by_attack(attack_rows(model, (x, y), AdversarialConfig()))
+    gpu = by_attack(attack_rows(model.cuda(), (x.cuda(), y.cuda()), AdversarialConfig()))
+    for attack in ("fgsm", "pgd"):
+        assert gpu[attack]["clean_acc_frac"] == cpu[attack]["clean_acc_frac"]
+        # Float sums in another order may flip an example sitting exactly on the ball's edge.
+        assert abs(gpu[attack]["adv_acc_frac"] - cpu[attack]["adv_acc_frac"]) <= 2 / 256
