@@ -24,7 +24,9 @@ Rows produced: old-style `simple_value` and new-style rank-0 numeric tensors bec
 one metric row each (NaN/Inf kept); a histogram becomes `<tag>/hist_mean`,
 `<tag>/hist_std`, `<tag>/hist_min`, `<tag>/hist_max` (exact from HistogramProto's
 sums; for new-style `histograms` plugin tensors of shape [k, 3] they are estimated
-from bucket centres). Images, audio, text and graphs are skipped.
+from bucket centres). Images, audio, text and graphs are skipped. In a Ray Tune trial
+folder the `ray/tune/...` tags are dropped: Tune's logger copies result.json there, and
+the ray_tune reader reads those numbers under the keys as reported.
 """
 
 from __future__ import annotations
@@ -820,4 +822,17 @@ def read(run_dir: Path, files: list[Path], *, check_crc: bool = False) -> Source
         raise ReadError("; ".join(failures) if failures else "no event file to read")
     problems.extend(failures)
     metrics = pl.concat(frames, how="vertical") if frames else metrics_frame([])
+    if metrics.height and _is_tune_trial(run_dir):
+        # Tune's TBX logger copies every result.json number under `ray/tune/<key>`: the
+        # ray_tune reader has them already, under their own names.
+        metrics = metrics.filter(~pl.col("key").str.starts_with(TUNE_TAG_PREFIX))
     return SourceData(metrics=metrics, problems=problems)
+
+
+TUNE_TAG_PREFIX = "ray/tune/"
+
+
+def _is_tune_trial(run_dir: Path) -> bool:
+    from mldebug_ray.readers.ray_tune import RESULT, claimed_names
+
+    return RESULT in claimed_names(Path(run_dir))

@@ -183,3 +183,25 @@ def test_progress_csv_stands_in_when_result_json_gives_no_row(tmp_path):
     assert dict(ev.metrics.filter(pl.col("key") == "loss").select("step", "value").iter_rows()) == {i: 4.0 / i for i in range(1, 6)}
     assert set(ev.metrics["key"]) == {"loss", "mean_accuracy", "time_this_iter_s", "time_total_s"}  # no pid, config/lr
     assert any("progress.csv: read instead of result.json" in p for p in problems)
+
+
+def test_tunes_tensorboard_copy_of_the_results_is_not_a_second_set_of_keys(tmp_path):
+    """Tune's TBX logger writes every result under `ray/tune/<key>` into the trial folder."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    good = tmp_path / "trial"
+    shutil.copytree(REAL / "exp" / "train_fn_4d29b_00000_0_lr=0.0100_2026-11-24_23-32-23", good)
+    writer = SummaryWriter(str(good))
+    for line in (good / "result.json").read_text().splitlines():
+        result = json.loads(line)
+        step = result["training_iteration"]
+        writer.add_scalar("ray/tune/loss", result["loss"], step)
+        writer.add_scalar("ray/tune/val/loss", result["val"]["loss"], step)
+        writer.add_scalar("model/weight_norm", 3.0 + step, step)  # the user's own summary in the trial folder
+    writer.close()
+    ev, used, problems = read_run_dir(good, good.name)
+    assert problems == [] and ev.runs["status"][0] == "ok" and "tensorboard" in used
+    counts = dict(ev.metrics.group_by("key").len().iter_rows())
+    assert counts == {"loss": 5, "val.loss": 5, "time_this_iter_s": 5, "time_total_s": 5, "model/weight_norm": 5}
