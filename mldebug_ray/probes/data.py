@@ -64,6 +64,7 @@ import math
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -194,6 +195,11 @@ class NormalisedBatch:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Text examples as the exact hash and MinHash see them (`normalise_text`), computed once per batch."""
+        return [normalise_text(s) for s in self.x]
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read like the user's batch: `x`, `y`, `id`, `features`."""
@@ -398,7 +404,7 @@ def content_hashes(nb: NormalisedBatch) -> np.ndarray:
     """64-bit exact content hash per example (uint64 `[B]`), of the normalised bytes."""
     if nb.kind == "text":
         return np.fromiter(
-            (_blake64(b"text\0" + normalise_text(s).encode("utf-8", "surrogatepass")) for s in nb.x), dtype=np.uint64, count=len(nb.x)
+            (_blake64(b"text\0" + s.encode("utf-8", "surrogatepass")) for s in nb.texts), dtype=np.uint64, count=len(nb.x)
         )
     import torch
 
@@ -452,8 +458,10 @@ class MinHasher:
         self.a = rng.integers(0, 2**64 - 1, size=perms, dtype=np.uint64, endpoint=True) | np.uint64(1)
         self.b = rng.integers(0, 2**64 - 1, size=perms, dtype=np.uint64, endpoint=True)
 
-    def text_signatures(self, texts: list[str]) -> np.ndarray:
-        words = pl.Series("t", [normalise_text(t) for t in texts], dtype=pl.String).str.split(" ")
+    def text_signatures(self, texts: list[str], normalised: bool = False) -> np.ndarray:
+        """Signatures of texts (`normalised`: already through `normalise_text`)."""
+        texts = texts if normalised else [normalise_text(t) for t in texts]
+        words = pl.Series("t", texts, dtype=pl.String).str.split(" ")
         lengths = words.list.len().to_numpy().astype(np.int64)
         flat = words.explode()
         hashes = flat.hash(seed=0x5EED).to_numpy().astype(np.uint64) if flat.len() else np.zeros(0, np.uint64)
@@ -772,7 +780,7 @@ class DataScanner:
 
     def signatures(self, nb: NormalisedBatch) -> tuple[np.ndarray, np.ndarray]:
         if nb.kind == "text":
-            return self.minhash.text_signatures(nb.x), np.ones(len(nb), dtype=bool)
+            return self.minhash.text_signatures(nb.texts, normalised=True), np.ones(len(nb), dtype=bool)
         if nb.kind == "tokens":
             return self.minhash.token_signatures(nb.x), np.ones(len(nb), dtype=bool)
         return self.simhash.signatures(nb.x)
