@@ -107,33 +107,29 @@ def screen_runs(tables: Mapping[str, pl.DataFrame], cfg: DetectorsConfig) -> pl.
 def _segments(metrics: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows, segments): each series (run_id, key, split) as one contiguous block of rows.
 
-    rows: [seg, pos, step, value] with `seg` the block number (sorted) and `pos` the row's
-    position in it; segments: one row per block [seg, run_id, key, split, start, n]. Tables
-    written run by run hold each series in one block already; otherwise they are sorted
-    once (stable, so each series keeps its logged order). Contiguous blocks let every test
-    below run as one pass over the whole column instead of a window per group.
+    rows: [seg, step, value] with `seg` the block number (0, 1, ..., sorted); segments: one
+    row per block [run_id, key, split, seg, n]. Tables written run by run hold each series
+    in one block already; otherwise they are sorted once (stable, so each series keeps its
+    logged order). Contiguous blocks let every test below run as one pass over the whole
+    column instead of a window per group: a row is in the same block as the row k before
+    it exactly when their `seg` are equal.
     """
     m = metrics.select("run_id", "key", "split", "step", "value")
     for attempt in range(2):
-        m = m.with_columns(pl.struct("run_id", "key", "split").rle_id().cast(pl.Int64).set_sorted().alias("seg"))
-        n = m["seg"].unique_counts().to_numpy().astype(np.int64)  # in order of appearance: seg 0, 1, ...
-        starts = np.cumsum(n) - n
-        segs = m.select("run_id", "key", "split").gather(starts).with_columns(
-            pl.Series("seg", np.arange(n.size, dtype=np.int64)), pl.Series("n", n)
-        )
-        if attempt == 0 and segs.select("run_id", "key", "split").is_duplicated().any():
+        seg = m.select(pl.struct("run_id", "key", "split").rle_id().cast(pl.Int64)).to_series().set_sorted()
+        # The first row of each block, by a mask (a gather on a many-chunk frame copies it whole).
+        segs = m.select("run_id", "key", "split").filter(seg != seg.shift(1, fill_value=-1))
+        if attempt == 0 and segs.is_duplicated().any():
             m = m.sort("run_id", "key", "split", maintain_order=True, nulls_last=True)
             continue
         break
-    seg = m["seg"].to_numpy()
-    rows = pl.DataFrame({
-        "seg": m["seg"],
-        "pos": np.arange(m.height, dtype=np.int64) - starts[seg],
-        "step": m["step"],
-        "value": m["value"],
-    })
-    return rows, segs
+    segs = segs.with_columns(pl.Series("seg", np.arange(segs.height, dtype=np.int64)), pl.Series("n", seg.unique_counts().to_numpy().astype(np.int64)))
+    return pl.DataFrame({"seg": seg, "step": m["step"], "value": m["value"]}), segs
 
+
+def _same_block(k: int) -> pl.Expr:
+    """True where the row k rows before is in the same block (the row's position is >= k)."""
+    return (pl.col("seg") == pl.col("seg").shift(k)).fill_null(False)
 
 
 def _metric_tests(metrics: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFrame]:
@@ -144,7 +140,7 @@ def _metric_tests(metrics: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFr
         .with_columns(
             (~pl.col("value").is_finite()).alias("nonfinite"),
             (pl.col("value") == 0.0).alias("zero"),
-            ((pl.col("step") <= pl.col("step").shift(1)) & (pl.col("pos") > 0)).alias("bad_order"),
+            ((pl.col("step") <= pl.col("step").shift(1)) & _same_block(1)).alias("bad_order"),
         )
         .group_by("seg")
         .agg(pl.col("nonfinite").any(), pl.col("zero").any(), pl.col("bad_order").any())
@@ -193,14 +189,16 @@ def _spike_tests(rows: pl.DataFrame, stats: pl.DataFrame, window: int, ratio: fl
     x = rows.filter(pl.col("value") != 0.0)  # the detectors drop exact zeros (placeholders)
     if x.height == 0:
         return []
-    # One rolling minimum over the whole column. `pos` counts the block's rows before the
-    # zeros were dropped, so a window may reach into the block before: a minimum over more
-    # points is still a lower bound. The first `window` rows of each block get a per-block
-    # running minimum (a small pass). A base <= 0 (a negative loss) keeps the block.
+    # One rolling minimum over the whole column. A row with `window` rows of its block before
+    # it (counted before the zeros were dropped, so the window may still reach into the block
+    # before: a minimum over more points is still a lower bound) uses it; the first rows of
+    # each block get a per-block running minimum (a small pass). A base <= 0 (a negative
+    # loss) keeps the block.
     base = pl.col("value").rolling_min(window_size=window, min_samples=1).shift(1)
     hit = (pl.col("base") <= 0) | (pl.col("value") > ratio * pl.col("base"))
-    late_hits = x.with_columns(base.alias("base")).filter((pl.col("pos") >= window) & hit)
-    head = x.filter(pl.col("pos") < window).with_columns(pl.col("value").cum_min().shift(1).over("seg").alias("base"))
+    x = x.with_columns(_same_block(window).alias("late"))
+    late_hits = x.with_columns(base.alias("base")).filter(pl.col("late") & hit)
+    head = x.filter(~pl.col("late")).with_columns(pl.col("value").cum_min().shift(1).over("seg").alias("base"))
     head_hits = head.filter(pl.col("base").is_not_null() & hit)
     maybe = pl.concat([late_hits.select("seg"), head_hits.select("seg")]).unique()
     if maybe.height == 0:
@@ -288,13 +286,13 @@ def _lr_tests(lr: pl.DataFrame, stats: pl.DataFrame, cfg: DetectorsConfig) -> li
     # A jump: after the LR settled (a run of settle_points non-increasing points ended
     # before it, within its block), a point above jump_factor x every earlier value, hence
     # above jump_factor x the point just before it: the test below, one pass for all blocks.
-    no_increase = ((pl.col("value") <= pl.col("value").shift(1)) & (pl.col("pos") > 0)).fill_null(False).cast(pl.Int32)
+    no_increase = ((pl.col("value") <= pl.col("value").shift(1)) & _same_block(1)).fill_null(False).cast(pl.Int32)
     lr = lr.with_columns(pl.int_range(pl.len()).alias("i"), (no_increase.rolling_sum(window_size=c.settle_points, min_samples=1) >= c.settle_points).alias("run"))
     settle = lr.filter(pl.col("run")).group_by("seg").agg(pl.col("i").min())
     per_seg = np.full(n_segs, np.iinfo(np.int64).max)
     per_seg[settle["seg"].to_numpy()] = settle["i"].to_numpy()
     settled = pl.Series(lr["i"].to_numpy() > per_seg[seg])
-    jump = lr.filter(settled & (pl.col("pos") > 0) & (pl.col("value") > c.jump_factor * pl.col("value").shift(1)) & (pl.col("value") > 0))
+    jump = lr.filter(settled & _same_block(1) & (pl.col("value") > c.jump_factor * pl.col("value").shift(1)) & (pl.col("value") > 0))
     return [_by_seg(low, stats, "lr_schedule_anomaly: an LR at or below floor_frac x its peak"),
             _by_seg(jump, stats, "lr_schedule_anomaly: an LR above jump_factor x the one before, after it settled")]
 
