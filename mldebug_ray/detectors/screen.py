@@ -17,6 +17,14 @@ of every run; the screen replaces them by bounds that cost one pass (a rolling m
 a lower bound of a rolling median; the k-th smallest value of a series bounds the median
 of any of its windows from below; the median of the last full window bounds the smallest
 rolling median from above), so a healthy run costs a few vector operations.
+
+Where it is loose: runs whose params name something a run detector reads (a class count, a
+planned length, a schedule: every `*_keys` list of their configs), runs with metrics of
+other roles (accuracy, loss scale, memory, per-layer norms) or rows in other tables, and
+runs without a validation loss (oscillation smooths and thins the train loss) are always
+candidates. The pipeline itself still detects per run inside its Ray tasks (each task
+holds one run's evidence); this path is for detection over a whole `metrics` table at
+once (benchmarks/detector_speed.py, re-detecting an existing out_dir).
 """
 
 from __future__ import annotations
@@ -38,10 +46,9 @@ SCREENED_ROLES = ("loss", "grad_norm", "lr")
 
 # Tables other than runs/params/metrics: any row there feeds a detector (events, probes).
 _OTHER_TABLES = ("events", "checkpoints", "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu")
-_SERIES = ["run_id", "key", "split"]
 
-# Plateau's end-window and start: with fewer points its windows shrink; such short series
-# (the first 10% of 600 points is 60 > the 51-point cap) are simply checked per run.
+# Plateau smooths over 10% of the points, capped at 51, and starts from the median of the
+# first 5: both hold from 505 points on; shorter series (600 leaves a margin) are checked per run.
 _PLATEAU_MIN_SCREEN_POINTS = 600
 
 
