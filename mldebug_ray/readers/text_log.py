@@ -608,9 +608,10 @@ def _txt_is_log(path: Path) -> bool:
     text = _tail(path, _TXT_TAIL_BYTES).decode("utf-8", "replace")
     if _TRACEBACK_START in text:
         return True
+    patterns = tuple(_USER_PATTERNS) + METRIC_PATTERNS  # the user's own line format counts too
     for line in text.splitlines()[1:]:  # the first may be cut
         line = _strip_rank(line)[1]
-        for pattern in METRIC_PATTERNS:
+        for pattern in patterns:
             if pattern.specific and (pattern.needle is None or pattern.needle in line) and pattern.regex.search(line):
                 return True
     return False

@@ -71,3 +71,12 @@ def test_cli_exits_2_with_one_line_on_a_bad_regex(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1 and "readers.text_log.patterns[0]" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_txt_file_in_the_users_format_is_recognised_as_a_log_once_the_pattern_is_set(tmp_path):
+    run_dir = tmp_path / "house"
+    run_dir.mkdir()
+    (run_dir / "run42.txt").write_text("".join(f"tick {step} cost {2.0 / step}\n" for step in range(1, 9)))
+    assert mldebug_ray.read_run(run_dir).status == "unreadable"  # a .txt of unknown lines is data, not a log
+    run = mldebug_ray.read_run(run_dir, ReadersConfig(text_log=TextLogConfig(patterns=[PATTERN])))
+    assert run.status == "ok" and run.metrics["step"].to_list() == list(range(1, 9))
