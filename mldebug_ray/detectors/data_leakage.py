@@ -92,7 +92,7 @@ def data_leakage(ev: RunEvidence, cfg: DataLeakageConfig) -> list[Finding]:
                 f"{n_near} near duplicate(s) ({near['method']}, similarity >= {fmt(near['threshold'])}; e.g. {_ids(near, 3)})"
             )
         evidence = [
-            _overlap_ref(r, f"{r['n_examples_b']} of {r['n_b']} {split_b} examples have a {r['kind']} duplicate in {r['split_a']}: {_ids(r)}")
+            _overlap_ref(r, f"{r['n_examples_b']} of {r['n_b']} {split_b} examples have {'an exact' if r['kind'] == 'exact' else 'a near'} duplicate in {r['split_a']}: {_ids(r)}")
             for r in found
         ]
         if held_row:
