@@ -468,7 +468,9 @@ class MinHasher:
         return self.signatures(hashes, lengths)
 
     def token_signatures(self, tokens: "torch.Tensor") -> np.ndarray:
-        flat = tokens.reshape(tokens.shape[0], -1).to(dtype=__import__("torch").int64).numpy()
+        import torch
+
+        flat = tokens.reshape(tokens.shape[0], -1).to(dtype=torch.int64).numpy()
         lengths = np.full(flat.shape[0], flat.shape[1], dtype=np.int64)
         return self.signatures(splitmix64(flat.reshape(-1).view(np.uint64)), lengths)
 
@@ -517,12 +519,12 @@ class SimHasher:
     def __init__(self, bits: int, seed: int):
         self.bits = bits
         self.seed = seed
-        self._cache: dict[int, Any] = {}
+        self._cache: dict[tuple[int, int], Any] = {}
 
     def _plane_chunk(self, start: int, stop: int) -> "torch.Tensor":
         import torch
 
-        key = start
+        key = (start, stop)
         if key in self._cache:
             return self._cache[key]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + start // self._CHUNK)
@@ -699,9 +701,10 @@ def ks_two_sample(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 class TrainIndex:
     """The train split's exact hashes (sorted, with counts) and LSH band index of its signatures."""
 
-    def __init__(self, split: str, kind: str, exact: np.ndarray, ids: pl.Series | None, sig: np.ndarray | None, valid: np.ndarray | None):
+    def __init__(self, split: str, kind: str, exact: np.ndarray, ids: pl.Series | None, sig: np.ndarray | None, valid: np.ndarray | None, x_shape: str | None = None):
         self.split = split
         self.kind = kind
+        self.x_shape = x_shape
         self.ids = ids
         self.exact_sorted, self.exact_first, self.exact_count = np.unique(exact, return_index=True, return_counts=True)
         self.sig = None
@@ -785,6 +788,11 @@ class DataScanner:
             return self.minhash.token_signatures(nb.x), np.ones(len(nb), dtype=bool)
         return self.simhash.signatures(nb.x)
 
+    @staticmethod
+    def comparable(index: TrainIndex, kind: str | None, x_shape: str | None) -> bool:
+        """Whether a split's signatures can be compared with the train index's (numeric: the same shape, so the same hyperplanes)."""
+        return index.sig is not None and index.kind == kind and (kind != "numeric" or index.x_shape == x_shape)
+
     def near_applies(self, nb: NormalisedBatch) -> bool:
         """Whether the near-duplicate test applies to this batch's examples (numeric: wide enough)."""
         return nb.kind != "numeric" or math.prod(nb.x.shape[1:]) >= self.cfg.min_near_values
@@ -828,7 +836,7 @@ class DataScanner:
                 scan.fingerprint.add(fingerprint_hashes(exact, nb.y))
                 self._labels(scan, nb)
                 self._features(scan, nb)
-                need_sig = (build_index or (index is not None and index.sig is not None and index.kind == nb.kind)) and self.near_applies(nb)
+                need_sig = (build_index or (index is not None and self.comparable(index, nb.kind, shape))) and self.near_applies(nb)
                 sig, valid = self.signatures(nb) if need_sig else (None, None)
                 if build_index:
                     if sig is not None:
@@ -845,8 +853,8 @@ class DataScanner:
             return SplitScan(name=name, role=scan.role, status="error", reason=reason, read_time_s=time.perf_counter() - started), None
         all_exact = np.concatenate(exact_parts) if exact_parts else np.zeros(0, dtype=np.uint64)
         scan.n_duplicates = int(all_exact.size - np.unique(all_exact).size)
-        if index is not None and index.kind != scan.kind:
-            scan.near_skipped = f"{name} is {scan.kind}, {index.split} is {index.kind}: no near-duplicate comparison"
+        if index is not None and (index.kind != scan.kind or (scan.kind == "numeric" and index.x_shape != scan.x_shape)):
+            scan.near_skipped = f"{name} is {scan.kind} {scan.x_shape}, {index.split} is {index.kind} {index.x_shape}: no near-duplicate comparison"
         elif index is not None and index.sig is None:
             scan.near_skipped = f"{index.split} has examples of fewer than probes.data.min_near_values={self.cfg.min_near_values} values: exact duplicates only"
         built = None
@@ -854,7 +862,7 @@ class DataScanner:
             ids = pl.concat(id_parts) if id_parts else None
             sig = np.concatenate(sig_parts) if sig_parts else None
             valid = np.concatenate(valid_parts) if valid_parts else None
-            built = TrainIndex(name, scan.kind or "numeric", all_exact, ids, sig, valid)
+            built = TrainIndex(name, scan.kind or "numeric", all_exact, ids, sig, valid, scan.x_shape)
         scan.read_time_s = time.perf_counter() - started
         return scan, built
 

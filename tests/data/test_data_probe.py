@@ -371,3 +371,11 @@ def test_the_streamed_feature_sample_is_uniform_over_the_whole_split():
     assert sample.values.size == 2000 and np.unique(sample.values).size == 2000 and sample.n == 100_000
     counts = np.histogram(sample.values, bins=5, range=(0, 100_000))[0]
     assert counts.min() > 340 and counts.max() < 460  # 400 each, +-3.4 sd of a binomial(2000, 0.2)
+
+
+def test_splits_of_different_shapes_are_compared_exactly_only():
+    g = torch.Generator().manual_seed(14)
+    tables, problems = run({"train": batches(torch.randn(500, 32, generator=g)), "val": batches(torch.randn(200, 48, generator=g))})
+    assert tables["data_splits"]["status"].to_list() == ["ok", "ok"]
+    assert tables["data_overlap"]["kind"].to_list() == ["exact"]
+    assert any("no near-duplicate comparison" in p for p in problems)
