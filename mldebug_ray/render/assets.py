@@ -25,6 +25,7 @@ button:disabled { opacity:.4; cursor:default; }
 .panel { background:var(--card); border:1px solid var(--line); border-radius:6px; padding:10px 12px; }
 .charts { display:grid; grid-template-columns:repeat(auto-fill,minmax(560px,1fr)); gap:12px; margin-top:10px; }
 .charts .panel { padding:6px 8px; }
+.charts .panel { overflow-x:auto; }
 svg.chart { width:100%; height:auto; display:block; }
 .badge { display:inline-block; min-width:62px; text-align:center; padding:1px 7px; border-radius:10px; color:#fff; font-size:11.5px; font-weight:600; }
 .sev-critical { background:var(--critical); } .sev-high { background:var(--high); } .sev-medium { background:var(--medium); color:#222; }

@@ -68,15 +68,44 @@ class HtmlConfig:
     """Evidence references listed per root cause."""
     open_run_panels: int = 3
     """Run panels shown expanded when the page opens (the others are one line until clicked)."""
+    max_label_classes: int = 24
+    """Classes in a label-distribution chart; with more, the most frequent half and the rarest half
+    (classes missing from a split first). 24 classes x 3 splits is 72 columns: about 7 px each in a
+    560 px chart, the narrowest a column stays visible and hoverable."""
+    label_log_ratio: float = 20.0
+    """A label chart gets a log axis once the largest class share of a split is this many times its
+    smallest: on a linear axis of the chart's ~160 px the smallest column would be 8 px, and at 1:100
+    under 2 px, i.e. invisible, which is what a reader of a skewed split must see."""
+    max_confusion_classes: int = 16
+    """Rows/columns of a confusion heatmap; with more classes, the max_confusion_classes - 1 classes with
+    the most errors (as true or predicted class) are shown and the rest pooled as `other`. 16 keeps
+    cells of ~30 px in a 560 px panel, large enough for their counts."""
+    max_shifted_features: int = 8
+    """Features listed in a run's distribution-shift table (largest PSI first)."""
+    max_overlap_ids: int = 3
+    """Example ids (held-out ~ train pairs) shown per overlap row; the table keeps probes.data.max_ids."""
+    max_data_splits: int = 8
+    """Splits listed per run in the data panels (train first)."""
+    max_robustness_rows: int = 12
+    """Attack x epsilon rows shown of a run's newest robustness probe step."""
+    max_deployment_rows: int = 4
+    """Probed checkpoints (newest first) shown in a run's deployment panel."""
 
     def __post_init__(self) -> None:
         if self.open_run_panels < 0:
             raise ValueError(f"render.open_run_panels must be >= 0, got {self.open_run_panels}")
-        for name in ("max_run_panels", "max_series_per_chart", "heatmap_max_layers", "heatmap_columns", "page_size", "max_sweep_panels", "max_evidence_rows"):
+        for name in ("max_run_panels", "max_series_per_chart", "heatmap_max_layers", "heatmap_columns", "page_size", "max_sweep_panels", "max_evidence_rows",
+                     "max_label_classes", "max_shifted_features", "max_data_splits", "max_robustness_rows", "max_deployment_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"render.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_points < 4:
             raise ValueError(f"render.max_points must be >= 4, got {self.max_points}")
+        if self.max_confusion_classes < 2:
+            raise ValueError(f"render.max_confusion_classes must be >= 2 (one class and `other`), got {self.max_confusion_classes}")
+        if self.max_overlap_ids < 0:
+            raise ValueError(f"render.max_overlap_ids must be >= 0, got {self.max_overlap_ids}")
+        if not self.label_log_ratio > 1:
+            raise ValueError(f"render.label_log_ratio must be > 1, got {self.label_log_ratio}")
 
 
 def anchor(run_id: str) -> str:

@@ -44,6 +44,8 @@ from mldebug_ray.findings import KINDS
 from mldebug_ray.render import svg
 from mldebug_ray.render.assets import CSS, JS
 from mldebug_ray.render.guides import GUIDE_PATH_TEMPLATE, guide_html
+from mldebug_ray.render.probe_panels import available_probe_panels, probe_panels
+from mldebug_ray.render.probe_views import ProbeView, load_probe_views
 from mldebug_ray.render.report_data import (
     CURVE_PANELS,
     SEVERITY_ORDER,
@@ -63,11 +65,19 @@ PANEL_IDS = ("overview", "sweep", "runs", "all-runs", "guides")  # the page's to
 MAX_MARKS_PER_RUN = 9
 MAX_TABLE_ISSUE_CHARS = 110
 # A root cause's evidence table -> the chart that shows it.
-TABLE_PANEL = {"layers": "params", "gradients": "heatmap", "memory": "memory", "precision": "precision"}
+TABLE_PANEL = {
+    "layers": "params", "gradients": "heatmap", "memory": "memory", "precision": "precision",
+    "data_labels": "labels", "data_splits": "splits", "data_overlap": "overlap", "data_features": "shift",
+    "confusion": "confusion", "robustness": "robustness", "deployment": "deployment",
+}
+# A root cause's kind -> the chart that shows it best; it wins over the cited tables' charts
+# (class_imbalance cites data_splits before data_labels; its chart is the label shares).
 KIND_PANEL = {
     "architecture_imbalance": "params", "vanishing_gradients": "heatmap", "exploding_gradients": "heatmap",
     "grad_norm_spike": "grad_norm", "loss_scale_collapse": "loss_scale", "fp16_overflow": "precision",
     "memory_pressure": "memory", "lr_schedule_anomaly": "lr", "overfitting": "loss",
+    "data_leakage": "overlap", "eval_on_train": "overlap", "class_imbalance": "labels", "distribution_shift": "shift",
+    "adversarial_fragility": "robustness", "deployment_limit": "deployment",
 }
 
 
@@ -90,30 +100,32 @@ def _value_text(value: Any) -> str:
 # ---- run panels ----------------------------------------------------------------------
 
 
-def _available_panels(view: RunView | None) -> list[str]:
-    if view is None:
-        return []
-    out = [pid for pid, _, _ in CURVE_PANELS if pid in view.charts]
-    out += [pid for pid, present in (("heatmap", view.heatmap), ("params", view.shares), ("memory", view.memory), ("precision", view.precision)) if present]
-    return out
+def _available_panels(view: RunView | None, probe: ProbeView | None = None) -> list[str]:
+    out = []
+    if view is not None:
+        out = [pid for pid, _, _ in CURVE_PANELS if pid in view.charts]
+        out += [pid for pid, present in (("heatmap", view.heatmap), ("params", view.shares), ("memory", view.memory), ("precision", view.precision)) if present]
+    return out + available_probe_panels(probe)
 
 
-def _plot_for_cause(cause: dict[str, Any], view: RunView | None) -> str | None:
-    """The panel id that shows a root cause: the chart of its first cited metric, else by table, else by kind."""
-    panels = _available_panels(view)
-    if not panels or view is None:
+def _plot_for_cause(cause: dict[str, Any], view: RunView | None, probe: ProbeView | None = None) -> str | None:
+    """The panel id that shows a root cause: the chart of its first cited metric, else by kind, else by cited table."""
+    panels = _available_panels(view, probe)
+    if not panels:
         return None
-    for ev in cause.get("evidence", []):
-        if ev.get("table") == "metrics":
+    evidence = cause.get("evidence", [])
+    for ev in evidence:
+        if ev.get("table") == "metrics" and view is not None:
             pid = view.chart_keys.get(str(ev.get("where", {}).get("key", "")))
             if pid in panels:
                 return pid
-        pid = TABLE_PANEL.get(ev.get("table", ""))
-        if pid in panels:
-            return pid
     pid = KIND_PANEL.get(cause.get("kind", ""))
     if pid in panels:
         return pid
+    for ev in evidence:
+        pid = TABLE_PANEL.get(ev.get("table", ""))
+        if pid in panels:
+            return pid
     return "loss" if "loss" in panels else panels[0]
 
 
@@ -230,7 +242,7 @@ def _charts(view: RunView, run_anchor: str, spans: list[svg.Span]) -> list[str]:
     return charts
 
 
-def _run_section(rid: str, entry: dict[str, Any], view: RunView | None, cfg: HtmlConfig, open_: bool) -> str:
+def _run_section(rid: str, entry: dict[str, Any], view: RunView | None, cfg: HtmlConfig, open_: bool, probe: ProbeView | None = None) -> str:
     run_anchor = anchor(rid)
     causes = entry.get("root_causes", [])
     worst = worst_severity(entry)
@@ -244,20 +256,20 @@ def _run_section(rid: str, entry: dict[str, Any], view: RunView | None, cfg: Htm
     if entry.get("reason"):
         parts.append(f"<p><strong>Read problems:</strong> {e(entry['reason'])}</p>")
     for i, cause in enumerate(causes):
-        pid = _plot_for_cause(cause, view)
+        pid = _plot_for_cause(cause, view, probe)
         parts.append(_cause_card(cause, f"{run_anchor}-c{i}", f"{run_anchor}-{pid}" if pid else None, cfg))
     if entry.get("requests"):
         parts.append("<p><strong>More data would help:</strong> " + " ".join(e(r) for r in entry["requests"]) + "</p>")
-    if view is not None:
-        marks = _marks(view, causes, run_anchor)
-        charts = _charts(view, run_anchor, [m for m, _ in marks])
+    if view is not None or probe is not None:
+        marks = _marks(view, causes, run_anchor) if view is not None else []
+        charts = (_charts(view, run_anchor, [m for m, _ in marks]) if view is not None else []) + probe_panels(probe, run_anchor)
         if charts:
             parts.append("<div class=charts>" + "".join(charts) + "</div>")
         else:
             parts.append("<p class=muted>No metric curves, layer statistics or probe tables were read for this run.</p>")
         if marks:
             parts.append("<ul class=marks>" + "".join(item for _, item in marks) + "</ul>")
-        if view.other_keys:
+        if view is not None and view.other_keys:
             parts.append(f"<p class=muted>{view.other_keys} more metric key(s) are in the metrics table, not plotted.</p>")
     parts.append("</div></details>")
     return "".join(parts)
@@ -362,6 +374,7 @@ def render_html(out_dir: Path, diagnosis: dict[str, Any], sweep_name: str, cfg: 
     ranked = rank_runs(diagnosis)
     panel_runs = ranked[: cfg.max_run_panels]
     views = load_run_views(out_dir, panel_runs, cfg)
+    probes = load_probe_views(out_dir, panel_runs, cfg)
     sweep_panels = load_sweep_panels(out_dir, diagnosis, cfg)
     t_read = time.perf_counter() - t0
     runs = diagnosis["runs"]
@@ -373,7 +386,7 @@ def render_html(out_dir: Path, diagnosis: dict[str, Any], sweep_name: str, cfg: 
         f'<label><input type=checkbox data-sev="{s}" checked> {_badge(s)}</label>' for s in SEVERITY_ORDER
     )
     kind_options = '<option value="">all kinds</option>' + "".join(f'<option value="{e(k)}">{e(k)}</option>' for k in kinds_present)
-    run_sections = "".join(_run_section(rid, runs[rid], views.get(rid), cfg, open_=i < cfg.open_run_panels) for i, rid in enumerate(panel_runs))
+    run_sections = "".join(_run_section(rid, runs[rid], views.get(rid), cfg, open_=i < cfg.open_run_panels, probe=probes.get(rid)) for i, rid in enumerate(panel_runs))
     rest = len(ranked) - len(panel_runs)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

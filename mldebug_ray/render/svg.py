@@ -66,6 +66,18 @@ def fmt_num(v: float) -> str:
     return f"{v:.3g}"
 
 
+def fmt_count(n: float) -> str:
+    """A count in at most 4 characters: 950, 1.2k, 35k, 1.2M."""
+    n = float(n)
+    if abs(n) < 1000:
+        return f"{n:.0f}"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.1f}{unit}" if abs(v) < 10 else f"{v:.0f}{unit}"
+    return f"{n:.0f}"
+
+
 def truncate(text: str, n: int) -> str:
     return text if len(text) <= n else text[: max(1, n - 1)] + "…"
 
@@ -516,15 +528,22 @@ class Bar:
     link_attrs: dict[str, str] = field(default_factory=dict)  # extra attributes of the link (e.g. data-filter-kind)
 
 
-def bar_chart(elem_id: str, title: str, bars: Sequence[Bar], *, width: int = 620, max_value: float | None = None) -> str:
-    """Horizontal bars, one per row, labelled on the left and valued on the right."""
+def bar_chart(
+    elem_id: str, title: str, bars: Sequence[Bar], *, width: int = 620, max_value: float | None = None,
+    limit: float | None = None, limit_label: str = "limit",
+) -> str:
+    """Horizontal bars, one per row, labelled on the left and valued on the right; `limit` a dashed line across them."""
     row_h = 20
     label_w = min(240, max([60] + [int(7.0 * min(len(b.label), 34)) + 12 for b in bars]))
     text_w = max([40] + [int(6.4 * len(b.text or fmt_num(b.value))) + 12 for b in bars])
-    frame = Frame(width=width, height=26 + row_h * max(len(bars), 1) + 8, left=label_w, right=min(text_w, width // 3), top=24, bottom=8)
+    has_limit = limit is not None and math.isfinite(limit) and limit > 0
+    frame = Frame(width=width, height=26 + row_h * max(len(bars), 1) + 8 + (14 if has_limit else 0), left=label_w,
+                  right=min(text_w, width // 3), top=24, bottom=8)
     out = [_svg_open(frame, elem_id, title)]
     out.append(f'<text x="4" y="14" font-size="12" font-weight="600" fill="#222">{attr(title)}</text>')
     top = max_value if max_value is not None else max([b.value for b in bars if math.isfinite(b.value)] + [0.0])
+    if has_limit:
+        top = max(top, limit)
     for i, b in enumerate(bars):
         y = frame.y1 + i * row_h
         w = 0.0 if not top or not math.isfinite(b.value) else max(0.0, b.value) / top * (frame.x1 - frame.x0)
@@ -536,8 +555,137 @@ def bar_chart(elem_id: str, title: str, bars: Sequence[Bar], *, width: int = 620
         out.append(f'<rect x="{frame.x0}" y="{y + 3}" width="{max(w, 1.5):.1f}" height="{row_h - 6}" rx="2" fill="{b.color}"/>')
         out.append(f'<text x="{frame.x0 + w + 5:.1f}" y="{y + 14}" font-size="11" fill="#333">{attr(b.text or fmt_num(b.value))}</text>')
         out.append("</a></g>" if b.href else "</g>")
+    if has_limit:
+        lx = frame.x0 + limit / top * (frame.x1 - frame.x0)
+        y_end = frame.y1 + row_h * max(len(bars), 1)
+        out.append(f'<g class="limit"><title>{attr(limit_label)}: {fmt_num(limit)}</title>'
+                   f'<line x1="{lx:.1f}" x2="{lx:.1f}" y1="{frame.y1}" y2="{y_end + 2}" stroke="{SEVERITY_COLORS["critical"]}" stroke-width="1.5" stroke-dasharray="5 3"/>'
+                   f'<text x="{lx:.1f}" y="{y_end + 13}" font-size="10" text-anchor="middle" fill="{SEVERITY_COLORS["critical"]}">{attr(limit_label)}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+@dataclass
+class Series:
+    """One group member of a grouped column chart (e.g. one split): a value per category, None where absent."""
+
+    label: str
+    values: Sequence[float | None]
+    color: str = PALETTE[0]
+    tips: Sequence[str] = ()
+
+
+def grouped_columns(
+    elem_id: str, title: str, categories: Sequence[str], series: Sequence[Series], *, log: bool = False,
+    y_label: str = "", width: int = 620, height: int = 230,
+) -> str:
+    """Vertical columns grouped by category, one colour per series; on a log axis a zero is a hollow marker at the floor."""
+    frame = Frame(width=width, height=height, left=62, right=14, top=30, bottom=40)
+    out = [_svg_open(frame, elem_id, title)]
+    out += _legend(frame, title, [Line(s.label, Curve(np.empty(0), np.empty(0)), s.color) for s in series], log)
+    vals = np.asarray([v for s in series for v in s.values if v is not None and math.isfinite(v)], float)
+    positive = vals[vals > 0]
+    if not categories or positive.size == 0:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" fill="#888">no values</text></svg>')
+        return "".join(out)
+    if log:
+        lo, hi = float(positive.min()) / 2, float(positive.max()) * 1.3
+    else:
+        lo, hi = 0.0, float(positive.max()) * 1.08
+    sy = Scale(lo, hi, frame.y0, frame.y1, log)
+    sx = Scale(0, len(categories), frame.x0, frame.x1)
+    out += _axes(frame, sx, sy, "")[:1]  # the frame only: the x axis is categories, labelled below
+    y_ticks = [t for t in sy.ticks() if frame.y1 - 0.5 <= sy(t) <= frame.y0 + 0.5]
+    for t, text in zip(y_ticks, tick_labels(y_ticks)):
+        y = sy(t)
+        out.append(f'<line x1="{frame.x0}" x2="{frame.x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{frame.x0 - 5}" y="{y + 3.5:.1f}" font-size="10" text-anchor="end" fill="#444">{text}</text>')
+    if y_label:
+        out.append(f'<text x="12" y="{(frame.y0 + frame.y1) / 2:.1f}" font-size="10" fill="#666" text-anchor="middle" transform="rotate(-90 12 {(frame.y0 + frame.y1) / 2:.1f})">{attr(y_label)}</text>')
+    slot = (frame.x1 - frame.x0) / len(categories)
+    col_w = max(1.0, slot * 0.8 / max(len(series), 1))
+    label_every = max(1, math.ceil(len(categories) * 34 / (frame.x1 - frame.x0)))
+    for ci, cat in enumerate(categories):
+        x_slot = frame.x0 + ci * slot + slot * 0.1
+        for si, s in enumerate(series):
+            v = s.values[ci] if ci < len(s.values) else None
+            if v is None or not math.isfinite(v):
+                continue
+            tip = s.tips[ci] if ci < len(s.tips) else f"{cat}, {s.label}: {fmt_num(v)}"
+            x = x_slot + si * col_w
+            if v <= 0 and log:
+                out.append(f'<rect x="{x + 0.5:.1f}" y="{frame.y0 - 4}" width="{max(col_w - 1, 1):.1f}" height="4" fill="none" stroke="{s.color}"><title>{attr(tip)}</title></rect>')
+                continue
+            y = sy(v) if v > 0 else frame.y0
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(col_w - 0.6, 0.8):.1f}" height="{max(frame.y0 - y, 0.8):.1f}" fill="{s.color}"><title>{attr(tip)}</title></rect>')
+        if ci % label_every == 0:
+            out.append(f'<text x="{x_slot + slot * 0.4:.1f}" y="{frame.y0 + 14}" font-size="10" text-anchor="middle" fill="#444">{attr(truncate(cat, 8))}</text>')
+    return "".join(out) + "</svg>"
+
+
+def matrix_heatmap(
+    elem_id: str, title: str, row_labels: Sequence[str], col_labels: Sequence[str], counts: np.ndarray, *,
+    row_title: str = "true", col_title: str = "predicted", width: int = 620, max_cell_text: int = 12,
+) -> str:
+    """A count matrix coloured by each row's share (0..1, viridis), as one PNG; counts written in the cells when few.
+
+    Row shares make the colour read the same for a class of 10 and one of 10,000 examples:
+    the diagonal cell of a row is that class's accuracy (recall).
+    """
+    counts = np.asarray(counts, dtype=float)
+    n_rows, n_cols = counts.shape
+    left, top = 74, 44
+    size = min((width - left - 14) / max(n_cols, 1), 300 / max(n_rows, 1), 44.0)  # at most ~300 px tall
+    frame = Frame(width=width, height=int(top + size * n_rows + 52), left=left, right=14, top=top, bottom=52)
+    out = [_svg_open(frame, elem_id, title)]
+    out.append(f'<text x="4" y="13" font-size="12" font-weight="600" fill="#222">{attr(title)}</text>')
+    if n_rows == 0 or n_cols == 0:
+        return "".join(out) + "</svg>"
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(totals > 0, counts / totals, np.nan)
+    rgb = colormap(np.nan_to_num(share, nan=0.0))
+    rgb[np.isnan(share)] = (225, 225, 225)
+    data = base64.b64encode(png_rgb(rgb)).decode()
+    pw, ph = size * n_cols, size * n_rows
+    out.append(f'<image x="{frame.x0}" y="{frame.y1}" width="{pw:.1f}" height="{ph:.1f}" preserveAspectRatio="none" '
+               f'style="image-rendering:pixelated" href="data:image/png;base64,{data}"/>')
+    out.append(f'<text x="{frame.x0 + pw / 2:.1f}" y="{frame.y1 - 20}" font-size="10" text-anchor="middle" fill="#666">{attr(col_title)}</text>')
+    out.append(f'<text x="10" y="{frame.y1 + ph / 2:.1f}" font-size="10" fill="#666" text-anchor="middle" transform="rotate(-90 10 {frame.y1 + ph / 2:.1f})">{attr(row_title)}</text>')
+    text_cells = max(n_rows, n_cols) <= max_cell_text
+    label_every = max(1, math.ceil(10 / size))
+    for j, label in enumerate(col_labels):
+        if j % label_every == 0:
+            out.append(f'<text x="{frame.x0 + (j + 0.5) * size:.1f}" y="{frame.y1 - 5}" font-size="9.5" text-anchor="middle" fill="#333">{attr(truncate(label, max(2, int(size / 5.5))))}</text>')
+    for i, label in enumerate(row_labels):
+        y = frame.y1 + i * size
+        row = counts[i]
+        total = float(row.sum())
+        diag = float(row[i]) if i < n_cols and row_labels[i] == col_labels[i] else math.nan
+        tip = f"{row_title} {label}: {int(total):,} examples"
+        if not math.isnan(diag) and total:
+            tip += f", {int(diag):,} right ({fmt_num(100 * diag / total)}%)"
+        off = [(row[j], col_labels[j]) for j in range(n_cols) if j != i and row[j] > 0]
+        if off:
+            n, lab = max(off)
+            tip += f"; most often taken for {lab} ({int(n):,})"
+        out.append(f'<g><title>{attr(tip)}</title><rect x="0" y="{y:.1f}" width="{frame.x0 + pw:.1f}" height="{size:.1f}" fill="transparent"/>')
+        if i % label_every == 0:
+            out.append(f'<text x="{frame.x0 - 5}" y="{y + size / 2 + 3.5:.1f}" font-size="{min(10, size):.0f}" text-anchor="end" fill="#333">{attr(truncate(label, 10))}</text>')
+        out.append("</g>")
+        if text_cells:
+            for j in range(n_cols):
+                text = fmt_count(row[j])
+                if row[j] > 0 and 5.6 * len(text) + 3 <= size:
+                    light = not np.isnan(share[i, j]) and share[i, j] < 0.6  # viridis is dark below ~0.6
+                    out.append(f'<text x="{frame.x0 + (j + 0.5) * size:.1f}" y="{y + size / 2 + 3.5:.1f}" font-size="9.5" text-anchor="middle" '
+                               f'fill="{"#fff" if light else "#111"}" pointer-events="none">{text}</text>')
+    bar_y = frame.y1 + ph + 18
+    bar = colormap(np.linspace(0, 1, 64))[None, :, :]
+    out.append(f'<image x="{frame.x0}" y="{bar_y}" width="160" height="9" preserveAspectRatio="none" href="data:image/png;base64,{base64.b64encode(png_rgb(bar)).decode()}"/>')
+    out.append(f'<text x="{frame.x0 - 5}" y="{bar_y + 8}" font-size="10" text-anchor="end" fill="#444">row share</text>')
+    out.append(f'<text x="{frame.x0}" y="{bar_y + 20}" font-size="9.5" fill="#444">0</text><text x="{frame.x0 + 160}" y="{bar_y + 20}" font-size="9.5" text-anchor="end" fill="#444">1</text>')
+    return "".join(out) + "</svg>"
 
 
 # ---- hyperparameter vs outcome -------------------------------------------------------

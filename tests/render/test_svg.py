@@ -162,3 +162,43 @@ def test_t95_matches_the_table_and_the_normal_limit():
     assert svg.t95(2) == pytest.approx(4.303)
     assert svg.t95(11) == pytest.approx(2.179)  # the next tabulated df above is conservative
     assert svg.t95(1000) == 1.96
+
+
+def test_a_bar_chart_limit_is_a_line_at_its_value_and_widens_the_scale():
+    text = svg.bar_chart("b2", "Latency", [svg.Bar("step 1", 5.0)], width=620, limit=10.0, limit_label="max_latency_ms 10")
+    root = parse(text)
+    limit = next(g for g in root.iter(f"{NS}g") if g.get("class") == "limit")
+    line = limit.find(f"{NS}line")
+    bar = next(r for r in root.iter(f"{NS}rect"))
+    x0, bar_w = float(bar.get("x")), float(bar.get("width"))
+    assert float(line.get("x1")) - x0 == pytest.approx(2 * bar_w, abs=0.2), "the bar is half the limit"
+    assert "max_latency_ms 10" in text
+    assert 'class="limit"' not in svg.bar_chart("b3", "Latency", [svg.Bar("s", 5.0)], limit=None)
+
+
+def test_grouped_columns_draw_one_column_per_split_and_class_and_a_zero_as_a_hollow_mark_on_a_log_axis():
+    series = [svg.Series("train", [0.6, 0.39, 0.01]), svg.Series("val", [0.7, 0.3, 0.0], svg.PALETTE[1])]
+    text = svg.grouped_columns("g1", "Labels", ["0", "1", "2"], series, log=True)
+    root = parse(text)
+    filled = [r for r in root.iter(f"{NS}rect") if r.find(f"{NS}title") is not None and r.get("fill") != "none"]
+    hollow = [r for r in root.iter(f"{NS}rect") if r.get("fill") == "none"]
+    assert len(filled) == 5 and len(hollow) == 1
+    assert hollow[0].find(f"{NS}title").text == "2, val: 0"
+    assert "log scale" in text
+    heights = {r.find(f"{NS}title").text: float(r.get("height")) for r in filled}
+    assert heights["0, val: 0.7"] > heights["1, val: 0.3"] > heights["2, train: 0.01"] > 0
+    assert "no values" in svg.grouped_columns("g2", "Labels", ["0"], [svg.Series("train", [None])])
+
+
+def test_a_matrix_heatmap_colours_each_row_by_its_share_and_writes_counts_that_fit():
+    counts = np.array([[90, 10, 0], [0, 0, 0], [5, 5, 1200]])
+    text = svg.matrix_heatmap("m1", "Confusion", ["0", "1", "2"], ["0", "1", "2"], counts)
+    root = parse(text)
+    w, h, raw = _png_pixels(base64.b64decode(root.find(f"{NS}image").get("href").split(",", 1)[1]))
+    assert (w, h) == (3, 3)
+    cell = lambda r, c: raw[r * (1 + 3 * w) + 1 + 3 * c : r * (1 + 3 * w) + 4 + 3 * c]  # noqa: E731
+    assert cell(0, 0) == bytes(svg.colormap(np.array([0.9]))[0])
+    assert cell(1, 0) == bytes((225, 225, 225)), "a class without examples: grey"
+    assert "true 0: 100 examples, 90 right (90%); most often taken for 1 (10)" in text
+    assert ">1.2k<" in text and ">90<" in text
+    assert svg.fmt_count(999) == "999" and svg.fmt_count(35_400) == "35k" and svg.fmt_count(1_250_000) == "1.2M"
