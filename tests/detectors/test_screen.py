@@ -1,6 +1,7 @@
 """The vectorised all-runs path finds exactly what the per-run detectors find, and skips healthy runs."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -134,3 +135,27 @@ def test_screen_follows_the_detector_config():
     cfg.loss_spike.onset_ratio = 1.0
     after = set(screen_runs(tables, cfg)["run_id"].to_list())
     assert before < after
+
+
+CORPUS = Path("/work/shared/corpus")
+
+
+@pytest.mark.skipif(not (CORPUS / "labels.json").is_file(), reason="shared corpus not present")
+def test_screened_findings_equal_the_per_run_detectors_on_real_logs():
+    """Real logs nobody here wrote (BigScience, nanoGPT/llm.c, Pythia): the same findings both ways."""
+    import mldebug_ray
+
+    dirs = [d for sweep in ("bigscience", "nanogpt", "pythia") for d in sorted((CORPUS / sweep).iterdir()) if d.is_dir()]
+    tables: dict[str, list[pl.DataFrame]] = {"metrics": [], "params": [], "events": []}
+    for d in dirs:
+        run = mldebug_ray.read_run(d)
+        rid = f"{d.parent.name}/{d.name}"
+        for name in tables:
+            frame = getattr(run, name)
+            tables[name].append(frame.with_columns(pl.lit(rid).alias("run_id")))
+    frames = {name: pl.concat(parts) for name, parts in tables.items()}
+    cfg = DetectorsConfig()
+    result = run_detectors_all(frames, cfg)
+    fast = {(f.run_id, f.finding_id, f.kind, f.severity, f.onset_step) for f in result.findings}
+    assert fast == _per_run(frames, cfg)
+    assert {f[2] for f in fast} >= {"loss_spike"}
