@@ -199,7 +199,7 @@ def _robustness_panel(r: RobustnessView, run_anchor: str) -> str:
     one_clean = len(cleans) == 1  # one clean bar for all attacks (the same batch), else the clean value beside each
     if one_clean:
         clean = cleans.pop()
-        bars.append(svg.Bar("clean", clean, CLEAN_COLOR, _pct(clean), f"clean accuracy on {first['n_examples']} examples"))
+        bars.append(svg.Bar("clean", clean, CLEAN_COLOR, _pct(clean), f"clean accuracy on {_int(first['n_examples'])} examples"))
     for row in rows:
         label = f"{(row['attack'] or '?').upper()} ε={svg.fmt_num(row['epsilon'])}" if row["epsilon"] is not None else (row["attack"] or "?").upper()
         steps = f", {row['attack_steps']} step(s)" if row.get("attack_steps") else ""
@@ -207,11 +207,11 @@ def _robustness_panel(r: RobustnessView, run_anchor: str) -> str:
         text = _pct(adv) + ("" if one_clean else f" (clean {_pct(row['clean_acc_frac'])})")
         bars.append(svg.Bar(label, adv if adv is not None else math.nan, svg.SEVERITY_COLORS["high"], text,
                             f"{label}: ε {svg.fmt_num(row['epsilon'])} x the input's std (absolute {_num(row.get('epsilon_abs'))}) at {row.get('site') or 'input'}{steps}; "
-                            f"accuracy {_pct(row['clean_acc_frac'])} → {_pct(adv)} on {row['n_examples']} examples"))
+                            f"accuracy {_pct(row['clean_acc_frac'])} → {_pct(adv)} on {_int(row['n_examples'])} examples"))
     n_classes = first.get("n_classes")
     chance = 1.0 / n_classes if n_classes else None
     at = f" at step {r.step}" if r.step is not None else ""
-    title = f"Accuracy clean vs attacked{at} ({first['n_examples']:,} examples)"
+    title = f"Accuracy clean vs attacked{at}" + (f" ({first['n_examples']:,} examples)" if first["n_examples"] is not None else "")
     chart = svg.bar_chart(f"{run_anchor}-robustness", title, bars, max_value=1.0, limit=chance, limit_label=f"chance 1/{n_classes}")
     notes = [f"ε is the L∞ budget relative to the perturbed tensor's std ({first.get('site') or 'input'})"]
     if r.n_steps > 1:

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from render_fixtures import PROBE_RUN
 
 from mldebug_ray import paths
+from mldebug_ray.render.probe_panels import PROBE_PANEL_IDS
 from mldebug_ray.render.report_data import HtmlConfig, anchor, rank_runs
 from mldebug_ray.render.report_html import PANEL_IDS, write_report_html
 
@@ -96,6 +98,8 @@ def test_the_synthetic_report_opens_without_console_errors_and_shows_every_panel
     a = anchor("probed/fp16")
     for panel in ("loss", "heatmap", "params", "memory", "precision"):
         assert f'id="{a}-{panel}"' in dom
+    for panel in PROBE_PANEL_IDS:
+        assert f'id="{anchor(PROBE_RUN)}-{panel}"' in dom
     assert 'id="sweep-hp-0"' in dom
     body = re.search(r'<tbody id="all-runs-body">(.*?)</tbody>', dom, re.S).group(1)
     assert body.count("<tr>") == len(diagnosis["runs"]), "the script filled the paged table"
@@ -138,6 +142,8 @@ def test_the_demo_report_opens_without_console_errors(chromium, demo_root, tmp_p
         assert f'id="{anchor(rid)}"' in dom
     assert f'id="{anchor("vanishing_gradients")}-heatmap"' in dom
     assert f'id="{anchor("embedding_heavy")}-params"' in dom
+    for rid, panel in (("data_leakage", "overlap"), ("class_imbalance", "labels"), ("adversarial_fragility", "robustness"), ("class_imbalance", "confusion")):
+        assert f'id="{anchor(rid)}-{panel}"' in dom, (rid, panel)
 
 
 def test_the_console_check_catches_a_throwing_script(chromium, tmp_path):

@@ -191,3 +191,16 @@ def test_html_config_rejects_impossible_probe_panel_bounds():
     for bad in ({"max_confusion_classes": 1}, {"max_label_classes": 0}, {"label_log_ratio": 1.0}, {"max_overlap_ids": -1}):
         with pytest.raises(ValueError, match="render." + next(iter(bad))):
             HtmlConfig(**bad)
+
+
+def test_probe_rows_with_nulls_render_without_error(tmp_path):
+    rid = "sparse"
+    write_table(tmp_path, "robustness", pl.DataFrame([{"run_id": rid, "step": None, "attack": "fgsm", "epsilon": None,
+                                                      "clean_acc_frac": None, "adv_acc_frac": None, "n_examples": None}]), "all")
+    write_table(tmp_path, "deployment", pl.DataFrame([{"run_id": rid, "step": None, "device": "cpu", "latency_ms_median": None, "n_params": None, "param_bytes": None}]), "all")
+    write_table(tmp_path, "data_splits", pl.DataFrame([{"run_id": rid, "split": "val", "role": "held_out", "status": "ok"}]), "all")
+    diagnosis = {"status": "diagnosis_complete", "runs": {rid: {"status": "ok", "root_causes": []}}, "sweep": {"root_causes": []}}
+    html = render_html(tmp_path, diagnosis, "sparse")
+    a = anchor(rid)
+    assert f'id="{a}-robustness"' in html and f'id="{a}-deployment"' in html and f'id="{a}-splits"' in html
+    assert f'id="{a}-labels"' not in html and f'id="{a}-confusion"' not in html
