@@ -22,9 +22,11 @@ The page stays bounded for any sweep size: full panels only for the HtmlConfig.m
 worst runs, every run as one row of a table that JavaScript pages through (50 rows in the
 DOM at a time; the rows themselves are a compact JSON array, ~100 bytes per run), a
 severity/kind/text filter over both, and curves downsampled in the query that reads them.
-Measured on a 2-core box: the 20-run demo (with its probe tables) gives ~660 KB in under 1 s;
-10,000 runs with findings 765 KB in 1.2 s; 10,000 runs with metric parts and a parameter
-grid 1.2 MB in 3.5 s.
+The data, confusion, robustness and deployment panels (render/probe_panels.py) are capped
+by HtmlConfig too (classes, features, example ids, checkpoints per run).
+Measured on a 2-core box: the 23-run demo (with its probe and data tables) gives ~910 KB in
+about 1 s, ~160 KB of it the probe panels (reading them: 0.1-0.3 s); 10,000 runs with
+findings 765 KB in 0.4-1.2 s; 10,000 runs with metric parts and a parameter grid 1.2 MB in 3.5 s.
 Renderers only read: this module formats what render/report_data.py reads.
 """
 
