@@ -72,13 +72,13 @@ TABLE_PANEL = {
     "data_labels": "labels", "data_splits": "splits", "data_overlap": "overlap", "data_features": "shift",
     "confusion": "confusion", "robustness": "robustness", "deployment": "deployment",
 }
-# A root cause's kind -> the chart that shows it best; it wins over the cited tables' charts
-# (class_imbalance cites data_splits before data_labels; its chart is the label shares).
+# A root cause's kind -> the chart that shows it. A probe panel of the kind wins over the cited
+# tables' charts (class_imbalance cites data_splits before data_labels; its chart is the label shares).
 KIND_PANEL = {
     "architecture_imbalance": "params", "vanishing_gradients": "heatmap", "exploding_gradients": "heatmap",
     "grad_norm_spike": "grad_norm", "loss_scale_collapse": "loss_scale", "fp16_overflow": "precision",
     "memory_pressure": "memory", "lr_schedule_anomaly": "lr", "overfitting": "loss",
-    "data_leakage": "overlap", "eval_on_train": "overlap", "class_imbalance": "labels", "distribution_shift": "shift",
+    "data_leakage": "overlap", "class_imbalance": "labels", "distribution_shift": "shift",
     "adversarial_fragility": "robustness", "deployment_limit": "deployment",
 }
 
@@ -111,23 +111,23 @@ def _available_panels(view: RunView | None, probe: ProbeView | None = None) -> l
 
 
 def _plot_for_cause(cause: dict[str, Any], view: RunView | None, probe: ProbeView | None = None) -> str | None:
-    """The panel id that shows a root cause: the chart of its first cited metric, else by kind, else by cited table."""
+    """The panel id that shows a root cause: a probe kind's own panel, else the chart of its first cited metric or table, else by kind."""
     panels = _available_panels(view, probe)
     if not panels:
         return None
-    evidence = cause.get("evidence", [])
-    for ev in evidence:
+    kind_pid = KIND_PANEL.get(cause.get("kind", ""))
+    if kind_pid in available_probe_panels(probe):
+        return kind_pid
+    for ev in cause.get("evidence", []):
         if ev.get("table") == "metrics" and view is not None:
             pid = view.chart_keys.get(str(ev.get("where", {}).get("key", "")))
             if pid in panels:
                 return pid
-    pid = KIND_PANEL.get(cause.get("kind", ""))
-    if pid in panels:
-        return pid
-    for ev in evidence:
         pid = TABLE_PANEL.get(ev.get("table", ""))
         if pid in panels:
             return pid
+    if kind_pid in panels:
+        return kind_pid
     return "loss" if "loss" in panels else panels[0]
 
 
