@@ -42,14 +42,14 @@ from mldebug_ray.detectors.series import adaptive_window, is_timing_key, metric_
 from mldebug_ray.findings import Finding
 
 SCREENED_ROLES = ("loss", "grad_norm", "lr")
-"""Metric roles the screen judges; any other non-timing key makes its run a candidate."""
+"""Metric roles the screen tests series by series (validation accuracy too, in `_accuracy_tests`);
+keys of roles no run detector reads are ignored (`_key_table`), any other makes its run a candidate."""
 
 # Tables other than runs/params/metrics: any row there feeds a detector (events, probes).
 _OTHER_TABLES = ("events", "checkpoints", "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu")
 
-# Plateau smooths over 10% of the points, capped at 51, and starts from the median of the
-# first 5: both hold from 505 points on; shorter series (600 leaves a margin) are checked per run.
-_PLATEAU_MIN_SCREEN_POINTS = 600
+# Plateau's smoothing window is capped at 51 points and its start is a median of at most 5.
+_PLATEAU_MAX_WINDOW = 51
 
 
 def _param_keys(cfg: DetectorsConfig) -> set[str]:
@@ -67,16 +67,40 @@ def _param_keys(cfg: DetectorsConfig) -> set[str]:
     return names
 
 
+def _read_by_name(key: str) -> bool:
+    """True when a run detector picks this key by its name rather than its role: output
+    diversity (mode_collapse), per-task metrics and task ids (catastrophic_forgetting),
+    memory (memory_pressure), skipped-step counters (fp16_overflow). Their own patterns."""
+    from mldebug_ray.detectors.catastrophic_forgetting import _TASK, _TASK_ID
+    from mldebug_ray.detectors.fp16_overflow import skip_key
+    from mldebug_ray.detectors.memory_pressure import _MEMORY
+    from mldebug_ray.detectors.mode_collapse import _DISTINCT, _TOP1
+
+    k = " ".join(key.strip().lower().split())
+    return bool(_TOP1.search(k) or _DISTINCT.search(k) or _TASK.search(key) or _TASK_ID.match(key.strip())
+                or _MEMORY.search(key.lower()) or skip_key(key))
+
+
 def _key_table(metrics: pl.DataFrame) -> pl.DataFrame:
-    """[key, split, role, family] for every (key, split) of `metrics`; family is train/val/test."""
+    """[key, split, role, family] for every (key, split) of `metrics`; family is train/val/test.
+
+    Role `ignored`: a key no run detector reads beyond what the screen tests for every key
+    (NaN/Inf, equal held-out and train values): a train/test accuracy, an epoch counter
+    (read only against a planned epoch count, a param that makes the run a candidate),
+    counters such as consumed_samples. Role `named`: read by its name (`_read_by_name`).
+    """
     pairs = metrics.select("key", "split").unique()
     rows = []
     for key, split in pairs.iter_rows():
         role = metric_role(key)
-        if role is None and is_timing_key(key):
-            role = "timing"
         found = split_of(key, split)
-        rows.append({"key": key, "split": split, "role": role or "other", "family": found or "train"})
+        if role not in ("loss", "grad_norm", "lr") and _read_by_name(key):
+            role = "named"
+        elif role is None and is_timing_key(key):
+            role = "timing"
+        elif role is None or role == "epoch" or (role == "accuracy" and found != "val"):
+            role = "ignored"
+        rows.append({"key": key, "split": split, "role": role, "family": found or "train"})
     return pl.DataFrame(rows, schema={"key": pl.String, "split": pl.String, "role": pl.String, "family": pl.String})
 
 
@@ -155,13 +179,15 @@ def _metric_tests(metrics: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFr
     )
     stats = segs.join(flags, on="seg").join(_key_table(segs), on=["key", "split"], nulls_equal=True, how="left").sort("seg")
     out = [
-        _tag(stats.filter(~pl.col("role").is_in([*SCREENED_ROLES, "timing"])), "a metric the screen does not judge"),
+        _tag(stats.filter(~pl.col("role").is_in([*SCREENED_ROLES, "timing", "ignored", "accuracy"])), "a metric the screen does not judge"),
         _tag(stats.filter(pl.col("nonfinite")), "NaN/Inf value"),
     ]
     screened = stats.filter(pl.col("role").is_in(SCREENED_ROLES))
-    # Several keys of one role and split (per-task losses, two lr groups): the detectors'
-    # key choice and the forgetting detector see more than the screen models.
-    out.append(_tag(screened.group_by("run_id", "role", "family").agg(pl.len().alias("k")).filter(pl.col("k") > 1), "several keys of one role"))
+    # The tests below run on every series of a role, so the detectors' choice of one key per
+    # role and split is covered, except oscillation's: with several validation losses it may
+    # pick one too short to judge and fall back to the train loss, which is not bounded here.
+    val_losses = screened.filter((pl.col("role") == "loss") & (pl.col("family") == "val"))
+    out.append(_tag(val_losses.group_by("run_id").agg(pl.len().alias("k")).filter(pl.col("k") > 1), "several validation losses"))
     out.append(_tag(screened.filter(pl.col("bad_order")), "repeated or unsorted steps"))
     out.append(_tag(screened.filter(pl.col("zero") & (pl.col("role") == "loss")), "a loss of exactly 0"))
     # oscillation reads the train loss when no validation loss of >= min_points is logged;
@@ -179,7 +205,25 @@ def _metric_tests(metrics: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFr
                         "grad_norm_spike: a point above the lower factor x the median before it")
     out += _lr_tests(rows_of(screened.filter(pl.col("role") == "lr")), stats, cfg)
     out += _eval_on_train_tests(rows, stats, cfg)
+    out += _accuracy_tests(rows_of(stats.filter(pl.col("role") == "accuracy")), stats, cfg)
     return out
+
+
+def _accuracy_tests(rows: pl.DataFrame, stats: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFrame]:
+    """oscillation on a validation accuracy: a leg falls by >= min_acc_swing (x100 for a
+    percentage) below an earlier value, so the drop below the running maximum is at least that.
+    Series longer than max_points (thinned by the detector) are checked per run."""
+    if rows.height == 0:
+        return []
+    osc = cfg.oscillation
+    agg = rows.group_by("seg").agg(
+        pl.len().alias("n"),
+        pl.col("value").max().alias("max"),
+        (pl.col("value").cum_max() - pl.col("value")).max().alias("drop"),
+    )
+    unit = pl.when(pl.col("max") > 1.5).then(100.0).otherwise(1.0)
+    found = agg.filter((pl.col("n") > osc.max_points) | (pl.col("drop") >= osc.min_acc_swing * unit))
+    return [_by_seg(found, stats, "oscillation: the validation accuracy drops by a swing")]
 
 
 def _by_seg(found: pl.DataFrame, stats: pl.DataFrame, reason: str) -> pl.DataFrame:
@@ -233,8 +277,8 @@ def _loss_tests(rows: pl.DataFrame, losses: pl.DataFrame, cfg: DetectorsConfig) 
         pl.col("value").min().alias("min"),
         pl.col("value").bottom_k(13).alias("low"),
         pl.col("value").tail(dv.max_smooth // 2 + 1).alias("tail_div"),
-        pl.col("value").head(5).median().alias("start5"),
-        pl.col("value").tail(51).median().alias("end51"),
+        pl.col("value").head(5).alias("head"),
+        pl.col("value").tail(_PLATEAU_MAX_WINDOW).alias("tail"),
         pl.col("value").tail(of.tail_points).max().alias("tail_max"),
         (pl.col("value") - pl.col("value").cum_min()).max().alias("rise_over_cummin"),
     ).join(losses.select("seg", "run_id", "family"), on="seg")
@@ -256,10 +300,13 @@ def _loss_tests(rows: pl.DataFrame, losses: pl.DataFrame, cfg: DetectorsConfig) 
         last_upper = tail[len(tail) // 2]  # >= the median of the last `half` points
         if main_series and (r["min"] <= 0 or last_upper > dv.onset_ratio * floor):
             reasons.append("divergence: the end level is far above the lowest level")
-        # plateau (stuck): its smoothed best is at most the median of its last full window
-        # (51 points once the series has >= 505); shorter series are checked per run.
-        if main_series and (r["n"] < _PLATEAU_MIN_SCREEN_POINTS or r["start5"] <= 0
-                            or r["end51"] > (1 - pl_cfg.min_rel_decrease) * r["start5"]):
+        # plateau (stuck): its smoothed best is at most the median of its last full window,
+        # and its start is the median of its first min(5, 10%) points: the detector's windows.
+        k = max(1, int(round(r["n"] * pl_cfg.edge_frac)))
+        start = float(np.median(r["head"][: min(k, 5)]))
+        w = adaptive_window(r["n"], frac=pl_cfg.edge_frac, lo=3, hi=_PLATEAU_MAX_WINDOW, odd=True)
+        end_window = float(np.median(r["tail"][-w:])) if w <= r["n"] else float("inf")
+        if main_series and r["n"] >= pl_cfg.min_points and (start <= 0 or end_window > (1 - pl_cfg.min_rel_decrease) * start):
             reasons.append("plateau: the loss may be stuck")
         # overfitting: the final held-out level (median of <= tail_points last points) above
         # (1 + stall_frac) x its minimum is needed by both of its signals.
