@@ -188,7 +188,7 @@ def _metric_tests(metrics: pl.DataFrame, cfg: DetectorsConfig) -> list[pl.DataFr
     # pick one too short to judge and fall back to the train loss, which is not bounded here.
     val_losses = screened.filter((pl.col("role") == "loss") & (pl.col("family") == "val"))
     out.append(_tag(val_losses.group_by("run_id").agg(pl.len().alias("k")).filter(pl.col("k") > 1), "several validation losses"))
-    out.append(_tag(screened.filter(pl.col("bad_order")), "repeated or unsorted steps"))
+    out.append(_tag(stats.filter(pl.col("bad_order") & pl.col("role").is_in([*SCREENED_ROLES, "accuracy"])), "repeated or unsorted steps"))
     out.append(_tag(screened.filter(pl.col("zero") & (pl.col("role") == "loss")), "a loss of exactly 0"))
     # oscillation reads the train loss when no validation loss of >= min_points is logged;
     # its smoothed, thinned legs are not bounded here, so such runs are checked per run.
@@ -240,11 +240,9 @@ def _spike_tests(rows: pl.DataFrame, stats: pl.DataFrame, window: int, ratio: fl
     x = rows.filter(pl.col("value") != 0.0)  # the detectors drop exact zeros (placeholders)
     if x.height == 0:
         return []
-    # One rolling minimum over the whole column. A row with `window` rows of its block before
-    # it (counted before the zeros were dropped, so the window may still reach into the block
-    # before: a minimum over more points is still a lower bound) uses it; the first rows of
-    # each block get a per-block running minimum (a small pass). A base <= 0 (a negative
-    # loss) keeps the block.
+    # One rolling minimum over the whole column, used where a row has `window` nonzero rows of
+    # its own block before it; the first rows of each block get a per-block running minimum
+    # (a small pass). A base <= 0 (a negative loss) keeps the block.
     base = pl.col("value").rolling_min(window_size=window, min_samples=1).shift(1)
     hit = (pl.col("base") <= 0) | (pl.col("value") > ratio * pl.col("base"))
     x = x.with_columns(_same_block(window).alias("late"))
