@@ -396,8 +396,9 @@ def run_detectors_all(tables: Mapping[str, pl.DataFrame], cfg: DetectorsConfig) 
             run_ids.update(frame["run_id"].unique().to_list())
     wanted = candidates["run_id"].to_list()
     parts: dict[str, dict[str, pl.DataFrame]] = {rid: {} for rid in wanted}
+    evidence_tables = {f.name for f in dataclasses.fields(RunEvidence)} & set(schema.TABLES)
     for name, frame in tables.items():
-        if name not in schema.TABLES or frame.height == 0:
+        if name not in evidence_tables or frame.height == 0:
             continue
         sub = frame.filter(pl.col("run_id").is_in(wanted))
         for (rid,), part in sub.partition_by("run_id", as_dict=True, maintain_order=True).items():
