@@ -22,6 +22,8 @@ its onset in the expected range; a `healthy` run must have no critical/high find
   (a second real spike the labels did not list, or a wrong onset): shown, not counted.
 - unlabelled: K findings on runs whose labels say nothing about K (neither expect, forbid,
   nor healthy), split into critical/high and lower: shown, not counted.
+- lower on healthy/forbid: medium/low K findings on healthy runs or runs forbidding K
+  (allowed by the labels): shown, not counted.
 - healthy FA rate: share of healthy runs carrying a critical/high K finding.
 """
 
@@ -54,6 +56,7 @@ class KindScore:
     off_range: int = 0
     unlabelled_serious: int = 0
     unlabelled_minor: int = 0
+    allowed_minor: int = 0
     healthy_runs_alarmed: int = 0
 
     @property
@@ -120,6 +123,8 @@ def score_by_kind(findings: pl.DataFrame, labels: dict) -> tuple[dict[str, KindS
                     s.unlabelled_serious += 1
                 else:
                     s.unlabelled_minor += 1
+            else:
+                s.allowed_minor += 1  # medium/low on a healthy run or of a forbidden kind: allowed
         if healthy:
             for kind in {f["kind"] for f in got if f["severity"] in SERIOUS}:
                 scores[kind].healthy_runs_alarmed += 1
@@ -143,8 +148,8 @@ def kind_table(scores: dict[str, KindScore], n_healthy: int) -> str:
     """The per-kind scores as a Markdown table, kinds with labels first."""
     head = (
         "| kind | expects | met | met by kind | recall | TP | FP healthy | FP forbidden | precision "
-        "| healthy FA rate | off range | unlabelled crit/high | unlabelled lower |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| healthy FA rate | off range | unlabelled crit/high | unlabelled lower | lower on healthy/forbid |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     order = sorted(scores, key=lambda k: (-scores[k].expects, -(scores[k].tp + scores[k].fp), k))
     lines = []
@@ -154,7 +159,7 @@ def kind_table(scores: dict[str, KindScore], n_healthy: int) -> str:
         lines.append(
             f"| {kind} | {s.expects} | {s.met} | {s.met_by_kind} | {_pct(s.recall)} | {s.tp} | {s.fp_healthy} "
             f"| {s.fp_forbidden} | {_pct(s.precision)} | {_pct(fa)} | {s.off_range} | {s.unlabelled_serious} "
-            f"| {s.unlabelled_minor} |"
+            f"| {s.unlabelled_minor} | {s.allowed_minor} |"
         )
     return head + "\n".join(lines) + "\n"
 
