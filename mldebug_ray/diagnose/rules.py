@@ -459,7 +459,9 @@ def _oom_batch_cause(cause: RootCause, run_id: str, oom_runs: set[str], params: 
     ok_peers = [r for r in peers if r["run_id"] not in oom_runs]
     smaller = [r for r in ok_peers if r["value_num"] < mine["value_num"]]
     override = _overridden(params, run_id, mine["key"])
-    if not ((ok_peers and not [r for r in ok_peers if r["value_num"] >= mine["value_num"]]) or override):
+    if any(r["value_num"] >= mine["value_num"] for r in ok_peers):
+        return cause  # a peer ran this batch size or a larger one without OOM: not the batch size
+    if not ok_peers and override is None:
         return cause
     b = mine["value_num"]
     cause.evidence.insert(0, _param_ref(mine, f"{mine['key']} = {mine['value']} in this run"))

@@ -222,3 +222,9 @@ def test_diagnose_reads_the_peers_batch_sizes_from_the_evidence_tables(tmp_path)
     cause = diagnosis["runs"]["grid/seed2"]["root_causes"][0]
     assert "batch size was raised" in cause["issue"] and cause["confidence"] >= 0.9
     assert diagnosis["runs"]["grid/seed0"]["root_causes"] == []
+
+
+def test_an_overridden_batch_size_that_a_peer_ran_without_oom_is_not_the_cause():
+    params = params_frame([("g/a", "batch_size", 128), ("g/a", "hydra.overrides", json.dumps(["batch_size=128"])), ("g/b", "batch_size", 256)])
+    out = diagnose_run("g/a", oom_findings("g/a"), 40, EMPTY_METRICS, params, AgentConfig(), oom_runs={"g/a"})
+    assert "batch size was raised" not in out["root_causes"][0]["issue"]
