@@ -336,7 +336,20 @@ def _lr_tests(lr: pl.DataFrame, stats: pl.DataFrame, cfg: DetectorsConfig) -> li
     per_seg = np.full(n_segs, np.nan)
     per_seg[peak["seg"].to_numpy()] = peak["value"].to_numpy()
     seg = lr["seg"].to_numpy()
-    low = lr.filter(pl.Series(lr["value"].to_numpy() <= c.floor_frac * per_seg[seg]))  # zero, negative, collapsed
+    # Zero, negative or collapsed (<= floor_frac x peak). A run of such values at the start is
+    # the warm-up from 0, which the detector ignores: a low value counts when a higher one came
+    # before it in its block, when every value is low, or when it is negative.
+    values = lr["value"].to_numpy()
+    is_low = values <= c.floor_frac * per_seg[seg]
+    flags = pl.DataFrame({"seg": lr["seg"], "low": is_low, "i": np.arange(values.size)}).group_by("seg").agg(
+        pl.col("i").filter(~pl.col("low")).min().alias("first_high"),
+        pl.col("i").filter(pl.col("low")).max().alias("last_low"),
+        pl.col("low").all().alias("all_low"),
+    )
+    low = pl.concat([
+        flags.filter(pl.col("all_low") | (pl.col("last_low") > pl.col("first_high"))).select("seg"),
+        lr.filter(pl.col("value") < 0).select("seg"),
+    ])
     # A jump: after the LR settled (a run of settle_points non-increasing points ended
     # before it, within its block), a point above jump_factor x every earlier value, hence
     # above jump_factor x the point just before it: the test below, one pass for all blocks.
