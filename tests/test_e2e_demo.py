@@ -111,6 +111,11 @@ def test_every_evidence_reference_selects_rows(demo_out):
     for scope in [*diagnosis["runs"].values(), diagnosis["sweep"]]:
         for cause in scope["root_causes"]:
             refs += [(e["table"], e["where"], e["value"]) for e in cause["evidence"]]
+    # The Anthropic agent may cite a row only by the key columns its answer schema allows.
+    from mldebug_ray.agent.validate import WHERE_COLUMNS
+
+    unknown = {k for _, where, _ in refs for k in where} - set(WHERE_COLUMNS)
+    assert not unknown, f"evidence keys the agent's answer schema rejects: {sorted(unknown)}"
     bad = []
     for table, where, value in refs:
         ok, why = reference_holds(out, {"table": table, "where": where, "value": value})

@@ -50,6 +50,16 @@ WHERE_COLUMNS: dict[str, dict[str, Any]] = {
     "line": {"type": "integer"},
     "path": {"type": "string"},
     "text": {"type": "string", "description": "events: the exact line text, when file/line are null."},
+    "device": {"type": "string", "description": "deployment: the device measured on."},
+    "attack": {"type": "string", "description": "robustness: fgsm or pgd."},
+    "epsilon": {"type": "number", "description": "robustness: the perturbation budget."},
+    "split": {"type": "string", "description": "data_splits, data_labels, data_features, confusion: the split name."},
+    "split_a": {"type": "string", "description": "data_overlap: the reference split (train)."},
+    "split_b": {"type": "string", "description": "data_overlap: the held-out split."},
+    "label": {"type": "integer", "description": "data_labels: the class label."},
+    "true_label": {"type": "integer", "description": "confusion: the true class."},
+    "pred_label": {"type": "integer", "description": "confusion: the predicted class."},
+    "feature": {"type": "string", "description": "data_features: the feature name."},
 }
 CITABLE_TABLES = [t for t in schema.TABLES if t != "agent_calls"]
 
