@@ -45,8 +45,11 @@ SCREENED_ROLES = ("loss", "grad_norm", "lr")
 """Metric roles the screen tests series by series (validation accuracy too, in `_accuracy_tests`);
 keys of roles no run detector reads are ignored (`_key_table`), any other makes its run a candidate."""
 
-# Tables other than runs/params/metrics: any row there feeds a detector (events, probes).
-_OTHER_TABLES = ("events", "checkpoints", "layers", "gradients", "activations", "memory", "precision", "outputs", "gpu")
+# Tables other than runs/params/metrics: any row there feeds a detector (events, probes, the
+# data probe). Taken from RunEvidence so a table added there is never screened out unseen.
+_OTHER_TABLES = tuple(
+    f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES and f.name not in ("runs", "params", "metrics")
+)
 
 # Plateau's smoothing window is capped at 51 points and its start is a median of at most 5.
 _PLATEAU_MAX_WINDOW = 51

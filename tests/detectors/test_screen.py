@@ -1,5 +1,6 @@
 """The vectorised all-runs path finds exactly what the per-run detectors find, and skips healthy runs."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -163,3 +164,24 @@ def test_screened_findings_equal_the_per_run_detectors_on_real_logs():
     assert fast == _per_run(frames, cfg)
     assert {f[2] for f in fast} >= {"loss_spike", "nan_inf", "overfitting"}
     assert result.candidates.height < result.n_runs  # some healthy runs were cleared
+
+
+
+def _one_row(table: str, **values) -> pl.DataFrame:
+    columns = schema.TABLES[table]
+    return pl.DataFrame([{c: values.get(c) for c in columns}], schema=columns)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES and f.name not in ("runs", "params", "metrics")],
+)
+def test_a_run_with_rows_only_in_an_evidence_table_is_always_a_candidate(table):
+    # Probe and data-probe tables (deployment, robustness, data_overlap, ...) feed detectors the
+    # screen does not model; a run with such rows must reach the exact detectors.
+    tables, planted = _sweep(3)
+    healthy = sorted(rid for rid, fault in planted.items() if fault is None)[0]
+    assert healthy not in screen_runs(tables, DetectorsConfig())["run_id"].to_list()
+    extra = _one_row(table, run_id=healthy)
+    tables = {**tables, table: pl.concat([tables[table], extra]) if table in tables else extra}
+    assert healthy in screen_runs(tables, DetectorsConfig())["run_id"].to_list()
