@@ -17,7 +17,8 @@ import polars as pl
 
 from mldebug_ray import paths, schema
 from mldebug_ray.config import MainConfig
-from mldebug_ray.detectors import run_detectors
+from mldebug_ray.detectors import RunEvidence, run_detectors
+from mldebug_ray.detectors.screen import screen_runs
 from mldebug_ray.discover import RunRef
 from mldebug_ray.errors import OutputError
 from mldebug_ray.evidence.io import write_table
@@ -28,6 +29,8 @@ from mldebug_ray.probes.run_probes import PROBE_TABLES, probe_run
 from mldebug_ray.readers.text_log import user_patterns
 
 log = logging.getLogger(__name__)
+
+RUN_EVIDENCE_TABLES = tuple(f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES)
 
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
 RUN_TABLES = (
@@ -70,17 +73,27 @@ def cached_summary(run: RunRef, out_dir: Path, fingerprint: str) -> RunSummary |
     return RunSummary(run.run_id, row["status"], row["reason"], len(severities), worst, 0.0, cached=True)
 
 
-def analyze_run(
-    run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None = None, config_fp: str | None = None
-) -> RunSummary:
-    """Read, probe and detect on one run and write its evidence parts under `out_dir`.
+# Runs of a task are screened together (detectors/screen.py: every run at once in polars,
+# the exact detectors only on runs that can fire) in groups of at most this many metric
+# rows, so a task holds a bounded amount of evidence: 2M rows are ~100 MB in memory, and a
+# run bigger than that is screened on its own.
+SCREEN_GROUP_MAX_ROWS = 2_000_000
 
-    When `previous_fingerprint` (from this out_dir's `runs` table) equals the run's
-    fingerprint now, the parts on disk are reused and nothing is recomputed.
-    """
+
+@dataclass
+class _Prepared:
+    """A run read and probed, waiting for its detectors and its parts to be written."""
+
+    run: RunRef
+    ev: RunEvidence
+    fingerprint: str
+    started: float
+
+
+def _prepare(run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None, config_fp: str) -> _Prepared | RunSummary:
+    """Read and probe one run; a summary instead when its cached parts still hold or it failed."""
     started = time.perf_counter()
-    key = paths.part_key(run.run_id)
-    fingerprint = run_fingerprint(Path(run.path), config_fp or config_digest(cfg.probes, cfg.detectors, cfg.readers))
+    fingerprint = run_fingerprint(Path(run.path), config_fp)
     if previous_fingerprint == fingerprint:
         cached = cached_summary(run, out_dir, fingerprint)
         if cached is not None:
@@ -93,9 +106,18 @@ def analyze_run(
             setattr(ev, table, frame)
         for problem in probe_problems:
             log.warning("%s: %s", run.run_id, problem)
-        findings, detector_problems = run_detectors(ev, cfg.detectors)
+    except Exception as exc:  # the run is marked, the sweep goes on
+        return _finish_failed(run, out_dir, exc, started)
+    return _Prepared(run, ev, fingerprint, started)
+
+
+def _detect_and_write(p: _Prepared, cfg: MainConfig, out_dir: Path, screened_out: bool) -> RunSummary:
+    """Run the detectors (none when the screen showed none can fire) and write the run's parts."""
+    try:
+        findings, detector_problems = ([], []) if screened_out else run_detectors(p.ev, cfg.detectors)
         for problem in detector_problems:
-            log.warning("%s: %s", run.run_id, problem)
+            log.warning("%s: %s", p.run.run_id, problem)
+        ev = p.ev
         frames = {
             "params": ev.params,
             "metrics": ev.metrics,
@@ -103,13 +125,34 @@ def analyze_run(
             "checkpoints": ev.checkpoints,
             **{table: getattr(ev, table) for table in PROBE_TABLES},
             "findings": findings_frame(findings),
-            "runs": ev.runs.with_columns(pl.lit(fingerprint).alias("fingerprint")),
+            "runs": ev.runs.with_columns(pl.lit(p.fingerprint).alias("fingerprint")),
         }
-    except Exception as exc:  # the run is marked, the sweep goes on
-        log.error("%s: analysis failed: %s", run.run_id, traceback.format_exc(limit=3))
-        findings = []
-        frames = {t: schema.empty(t) for t in RUN_TABLES}
-        frames["runs"] = _unreadable_row(run, f"analysis failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+    except Exception as exc:
+        return _finish_failed(p.run, out_dir, exc, p.started)
+    _write_parts(p.run, out_dir, frames)
+    runs_row = frames["runs"].row(0, named=True)
+    worst = min((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
+    return RunSummary(
+        run_id=p.run.run_id,
+        status=runs_row["status"],
+        reason=runs_row["reason"],
+        n_findings=len(findings),
+        worst_severity=worst,
+        elapsed_s=time.perf_counter() - p.started,
+    )
+
+
+def _finish_failed(run: RunRef, out_dir: Path, exc: Exception, started: float) -> RunSummary:
+    log.error("%s: analysis failed: %s", run.run_id, traceback.format_exc(limit=3))
+    frames = {t: schema.empty(t) for t in RUN_TABLES}
+    frames["runs"] = _unreadable_row(run, f"analysis failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+    _write_parts(run, out_dir, frames)
+    row = frames["runs"].row(0, named=True)
+    return RunSummary(run.run_id, row["status"], row["reason"], 0, None, time.perf_counter() - started)
+
+
+def _write_parts(run: RunRef, out_dir: Path, frames: dict[str, pl.DataFrame]) -> None:
+    key = paths.part_key(run.run_id)
     try:
         for table in RUN_TABLES:
             write_table(out_dir, table, frames[table], key, skip_empty=table != "runs")
@@ -117,16 +160,42 @@ def analyze_run(
         # Disk full or read-only: this run's `runs` part (written last) is not updated, so a
         # rerun recomputes it; the sweep stops rather than marking runs it cannot record.
         raise OutputError(f"cannot write evidence under {out_dir}: {exc.strerror or exc}") from None
-    runs_row = frames["runs"].row(0, named=True)
-    worst = min((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
-    return RunSummary(
-        run_id=run.run_id,
-        status=runs_row["status"],
-        reason=runs_row["reason"],
-        n_findings=len(findings),
-        worst_severity=worst,
-        elapsed_s=time.perf_counter() - started,
-    )
+
+
+def analyze_run(
+    run: RunRef, cfg: MainConfig, out_dir: Path, previous_fingerprint: str | None = None, config_fp: str | None = None
+) -> RunSummary:
+    """Read, probe and detect on one run and write its evidence parts under `out_dir`.
+
+    When `previous_fingerprint` (from this out_dir's `runs` table) equals the run's
+    fingerprint now, the parts on disk are reused and nothing is recomputed.
+    """
+    prepared = _prepare(run, cfg, out_dir, previous_fingerprint, config_fp or config_digest(cfg.probes, cfg.detectors, cfg.readers))
+    if isinstance(prepared, RunSummary):
+        return prepared
+    return _detect_and_write(prepared, cfg, out_dir, screened_out=False)
+
+
+def _screened_out(group: list[_Prepared], cfg: MainConfig) -> set[str]:
+    """Runs of `group` that no run detector can flag, screened all at once (detectors/screen.py)."""
+    if len(group) < 2:
+        return set()  # one run: its exact detectors cost less than the screen
+    try:
+        tables = {}
+        for table in RUN_EVIDENCE_TABLES:
+            frames = [getattr(p.ev, table) for p in group if getattr(p.ev, table).height]
+            if frames:
+                tables[table] = pl.concat(frames, how="vertical_relaxed")
+        kept = set(screen_runs(tables, cfg.detectors)["run_id"].to_list())
+    except Exception as exc:  # the screen only saves time: on any doubt every run is detected
+        log.warning("screening %d runs failed, detecting each: %s", len(group), exc)
+        return set()
+    return {p.run.run_id for p in group} - kept
+
+
+def _detect_group(group: list[_Prepared], cfg: MainConfig, out_dir: Path) -> list[RunSummary]:
+    dropped = _screened_out(group, cfg)
+    return [_detect_and_write(p, cfg, out_dir, p.run.run_id in dropped) for p in group]
 
 
 def _unreadable_row(run: RunRef, reason: str) -> pl.DataFrame:
@@ -149,10 +218,30 @@ def mark_unreadable(run: RunRef, out_dir: Path, reason: str) -> RunSummary:
 
 
 def analyze_runs(runs: list[RunRef], cfg: MainConfig, out_dir: str, previous: dict[str, str] | None = None) -> list[RunSummary]:
-    """A batch of runs in one task (tiny runs would drown in per-task overhead)."""
+    """A batch of runs in one task (tiny runs would drown in per-task overhead).
+
+    Runs are read and probed one by one, then screened and detected in groups of at most
+    SCREEN_GROUP_MAX_ROWS metric rows: the run detectors' heavy part is vectorised over the
+    group's runs at once (detectors/screen.py), with the same findings as run by run.
+    """
     logging.basicConfig(level=logging.INFO)
     previous = previous or {}
     config_fp = config_digest(cfg.probes, cfg.detectors, cfg.readers)
-    summaries = [analyze_run(run, cfg, Path(out_dir), previous.get(run.run_id), config_fp) for run in runs]
+    root = Path(out_dir)
+    done: dict[str, RunSummary] = {}
+    group: list[_Prepared] = []
+    rows = 0
+    for run in runs:
+        prepared = _prepare(run, cfg, root, previous.get(run.run_id), config_fp)
+        if isinstance(prepared, RunSummary):
+            done[run.run_id] = prepared
+            continue
+        if group and rows + prepared.ev.metrics.height > SCREEN_GROUP_MAX_ROWS:
+            done.update((s.run_id, s) for s in _detect_group(group, cfg, root))
+            group, rows = [], 0
+        group.append(prepared)
+        rows += prepared.ev.metrics.height
+    done.update((s.run_id, s) for s in _detect_group(group, cfg, root))
+    summaries = [done[run.run_id] for run in runs]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return [dataclasses.replace(s, worker_peak_rss_bytes=peak) for s in summaries]
