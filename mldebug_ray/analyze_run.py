@@ -17,7 +17,7 @@ import polars as pl
 
 from mldebug_ray import paths, schema
 from mldebug_ray.config import MainConfig
-from mldebug_ray.detectors import RunEvidence, run_detectors
+from mldebug_ray.detectors import EVIDENCE_TABLES, RunEvidence, run_detectors
 from mldebug_ray.detectors.screen import screen_runs
 from mldebug_ray.discover import RunRef
 from mldebug_ray.errors import OutputError
@@ -30,15 +30,8 @@ from mldebug_ray.readers.text_log import user_patterns
 
 log = logging.getLogger(__name__)
 
-RUN_EVIDENCE_TABLES = tuple(f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES)
-
 # The order parts are written in: `runs` last, so a run with a `runs` row has all its parts.
-RUN_TABLES = (
-    "params", "metrics", "events", "checkpoints",
-    "layers", "gradients", "activations", "memory", "precision", "outputs", "deployment", "robustness", "confusion", "gpu",  # probes/run_probes.py PROBE_TABLES
-    "data_splits", "data_labels", "data_overlap", "data_features",  # probes/data.py DATA_TABLES
-    "findings", "runs",
-)
+RUN_TABLES = ("params", "metrics", "events", "checkpoints", *PROBE_TABLES, "findings", "runs")
 
 
 @dataclass(frozen=True)
@@ -182,7 +175,7 @@ def _screened_out(group: list[_Prepared], cfg: MainConfig) -> set[str]:
         return set()  # one run: its exact detectors cost less than the screen
     try:
         tables = {}
-        for table in RUN_EVIDENCE_TABLES:
+        for table in EVIDENCE_TABLES:
             frames = [getattr(p.ev, table) for p in group if getattr(p.ev, table).height]
             if frames:
                 tables[table] = pl.concat(frames, how="vertical_relaxed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mldebug_ray.detectors.base import DETECTORS, SWEEP_DETECTORS, RunEvidence, SweepTables, detector, sweep_detector
+from mldebug_ray.detectors.base import DETECTORS, EVIDENCE_TABLES, SWEEP_DETECTORS, RunEvidence, SweepTables, detector, sweep_detector
 
 # Registration: importing a module registers its detector.
 from mldebug_ray.detectors import nan_inf  # noqa: F401,E402

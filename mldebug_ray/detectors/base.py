@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import polars as pl
@@ -40,6 +40,10 @@ class RunEvidence:
 
     def table(self, name: str) -> pl.DataFrame:
         return getattr(self, name)
+
+
+# The evidence tables a RunEvidence holds, in field order.
+EVIDENCE_TABLES = tuple(f.name for f in fields(RunEvidence) if f.name in schema.TABLES)
 
 
 # A run detector: (evidence, its own config) -> findings.

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from mldebug_ray import schema
-from mldebug_ray.detectors import DETECTORS, DetectorsConfig, RunEvidence, run_detectors
+from mldebug_ray.detectors import DETECTORS, EVIDENCE_TABLES, DetectorsConfig, RunEvidence, run_detectors
 from mldebug_ray.detectors.series import adaptive_window, is_timing_key, metric_role, split_of
 from mldebug_ray.findings import Finding
 
@@ -47,9 +47,7 @@ keys of roles no run detector reads are ignored (`_key_table`), any other makes 
 
 # Tables other than runs/params/metrics: any row there feeds a detector (events, probes, the
 # data probe). Taken from RunEvidence so a table added there is never screened out unseen.
-_OTHER_TABLES = tuple(
-    f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES and f.name not in ("runs", "params", "metrics")
-)
+_OTHER_TABLES = tuple(t for t in EVIDENCE_TABLES if t not in ("runs", "params", "metrics"))
 
 # Plateau's smoothing window is capped at 51 points and its start is a median of at most 5.
 _PLATEAU_MAX_WINDOW = 51
@@ -414,9 +412,8 @@ def run_detectors_all(tables: Mapping[str, pl.DataFrame], cfg: DetectorsConfig) 
             run_ids.update(frame["run_id"].unique().to_list())
     wanted = candidates["run_id"].to_list()
     parts: dict[str, dict[str, pl.DataFrame]] = {rid: {} for rid in wanted}
-    evidence_tables = {f.name for f in dataclasses.fields(RunEvidence)} & set(schema.TABLES)
     for name, frame in tables.items():
-        if name not in evidence_tables or frame.height == 0:
+        if name not in EVIDENCE_TABLES or frame.height == 0:
             continue
         sub = frame.filter(pl.col("run_id").is_in(wanted))
         for (rid,), part in sub.partition_by("run_id", as_dict=True, maintain_order=True).items():

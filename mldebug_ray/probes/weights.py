@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 import polars as pl
 
 from mldebug_ray.errors import ReadError
-from mldebug_ray.probes.checkpoint_scan import LAYER_COLUMNS, module_type
+from mldebug_ray.probes.checkpoint_scan import CHUNK_ELEMENTS, LAYER_COLUMNS, module_type
 from mldebug_ray.readers.checkpoints import (
     SAFETENSORS_INDEX,
     TORCH_INDEX,
@@ -49,8 +49,6 @@ from mldebug_ray.readers.checkpoints import (
     safetensors_header,
     shard_files,
 )
-
-CHUNK_ELEMENTS = 1 << 22
 
 PRECISION_COLUMNS = {
     "fp16_overflow_frac": pl.Float64,

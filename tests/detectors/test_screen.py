@@ -1,6 +1,5 @@
 """The vectorised all-runs path finds exactly what the per-run detectors find, and skips healthy runs."""
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import polars as pl
 import pytest
 
 from mldebug_ray import schema
-from mldebug_ray.detectors import DetectorsConfig, RunEvidence, run_detectors
+from mldebug_ray.detectors import EVIDENCE_TABLES, DetectorsConfig, RunEvidence, run_detectors
 from mldebug_ray.detectors.screen import run_detectors_all, screen_runs
 
 # Faults at and around each detector's threshold, so a screen that is not a necessary
@@ -174,7 +173,7 @@ def _one_row(table: str, **values) -> pl.DataFrame:
 
 @pytest.mark.parametrize(
     "table",
-    [f.name for f in dataclasses.fields(RunEvidence) if f.name in schema.TABLES and f.name not in ("runs", "params", "metrics")],
+    [t for t in EVIDENCE_TABLES if t not in ("runs", "params", "metrics")],
 )
 def test_a_run_with_rows_only_in_an_evidence_table_is_always_a_candidate(table):
     # Probe and data-probe tables (deployment, robustness, data_overlap, ...) feed detectors the
